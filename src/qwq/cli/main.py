@@ -1,0 +1,78 @@
+"""The `qwq` command line. For now: `qwq run [MODEL] [PROMPT]`, a one-shot streamed chat answer.
+
+The CLI is a client of the same Python API everyone else uses; it is the only place that configures
+logging and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from qwq import __version__
+from qwq.api import load
+from qwq.errors import QwqError
+from qwq.local_models import DEFAULT_MODEL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwq", description="Run QwQ-style reasoning models locally.")
+    parser.add_argument("--version", action="version", version=f"qwq {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="answer one prompt (argument or stdin) with a chat model")
+    run.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"a .gguf, an HF directory or a name (default {DEFAULT_MODEL})")
+    run.add_argument("prompt", nargs="?", help="the question; read from stdin when omitted")
+    run.add_argument("--system", help="a system message to put first")
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--top-k", type=int)
+    run.add_argument("--min-p", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--max-tokens", type=int, default=512)
+    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    run.add_argument("--device")
+    run.add_argument("--verbose", action="store_true", help="log loading progress to stderr")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        print("error: no prompt given (pass it as an argument or on stdin)", file=sys.stderr)
+        return 2
+    model = load(args.model, dtype=args.dtype, device=args.device)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    stream = model.chat(
+        messages,
+        stream=True,
+        max_new_tokens=args.max_tokens,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+    )
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _run(args)
+    except QwqError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Single-stream generation: prefill, then decode token by token with the KV cache.
+
+Three layers, as in mlx-lm: `generate_tokens` yields ids, `TextStream` turns them into UTF-8-safe text
+pieces with stop strings applied, and the `Model` API wraps both into plain calls. This path serves the
+CLI, the eval harness and the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from qwq.engine.detokenizer import IncrementalDetokenizer
+from qwq.engine.sampling import SamplingParams, apply_penalties, needs_penalties, sample
+from qwq.engine.stop_strings import StopStringMatcher
+from qwq.errors import ContextLengthError, InvalidRequestError
+from qwq.model.qwen2 import Qwen2ForCausalLM
+from qwq.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InvalidRequestError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if any(not isinstance(s, str) for s in self.stop):
+            raise InvalidRequestError(f"stop must be a list of strings, got {list(self.stop)!r}")
+
+
+def check_prompt(prompt_ids: Sequence[int], max_new_tokens: int, vocab_size: int, context_length: int) -> None:
+    """Refuse prompts the model cannot take, naming the problem."""
+    if not prompt_ids:
+        raise InvalidRequestError("the prompt is empty: give at least one token")
+    bad = [i for i in prompt_ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}")
+    if len(prompt_ids) + max_new_tokens > context_length:
+        raise ContextLengthError(
+            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{len(prompt_ids) + max_new_tokens} exceeds the context length of {context_length} tokens"
+        )
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: Qwen2ForCausalLM, prompt_ids: Sequence[int], options: GenerateOptions, context_length: int
+) -> Generator[int, None, None]:
+    """Yield new token ids; the stop token that ends generation is yielded too (as HF's generate does)."""
+    config = model.config
+    check_prompt(prompt_ids, options.max_new_tokens, config.vocab_size, context_length)
+    device = model.model.embed_tokens.weight.device
+    params = options.sampling
+    generator = params.make_generator()
+    stop_ids = set() if options.ignore_eos else set(options.stop_token_ids)
+    penalise = needs_penalties(params)
+    if penalise:
+        seen = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
+        seen[torch.tensor(list(prompt_ids), device=device)] = True
+        output_counts = torch.zeros(config.vocab_size, dtype=torch.int32, device=device)
+
+    model.setup_cache(1, len(prompt_ids) + options.max_new_tokens)
+    logits = model(torch.tensor([list(prompt_ids)], device=device), 0, last_only=True)[0, -1].float()
+    position = len(prompt_ids)
+    for step in range(options.max_new_tokens):
+        if penalise:
+            logits = apply_penalties(logits, params, seen, output_counts)
+        token = sample(logits, params, generator)
+        yield token
+        if token in stop_ids or step == options.max_new_tokens - 1:
+            return
+        if penalise:
+            seen[token] = True
+            output_counts[token] += 1
+        next_input = torch.tensor([[token]], device=device)
+        logits = model(next_input, position, last_only=True)[0, -1].float()
+        position += 1
+
+
+class TextStream:
+    """Iterates the text pieces of a generation; `finish_reason` and `token_ids` are set when it ends.
+
+    finish_reason is "stop" (a stop token or stop string) or "length" (max_new_tokens reached).
+    """
+
+    def __init__(self, tokens: Generator[int, None, None], tokenizer: Tokenizer, options: GenerateOptions) -> None:
+        self._tokens = tokens
+        self._detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=True)
+        self._stops = StopStringMatcher(options.stop)
+        self._stop_ids = set() if options.ignore_eos else set(options.stop_token_ids)
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        finish = "length"
+        for token in self._tokens:
+            self.token_ids.append(token)
+            if token in self._stop_ids:
+                finish = "stop"
+                break
+            piece = self._stops.push(self._detokenizer.push(token))
+            if piece:
+                yield piece
+            if self._stops.stopped:
+                finish = "stop"
+                break
+        self._tokens.close()
+        if not self._stops.stopped:
+            tail = self._stops.push(self._detokenizer.flush())
+            finish = "stop" if self._stops.stopped else finish
+            tail += self._stops.flush()
+            if tail:
+                yield tail
+        self.finish_reason = finish

@@ -1,0 +1,40 @@
+"""The project's exceptions: one base class, so callers can catch everything qwq raises on bad input.
+
+Each subclass carries the HTTP status a server should answer with, kept here in one place.
+"""
+
+from __future__ import annotations
+
+
+class QwqError(Exception):
+    """Base of every error qwq raises about its input; the message names the file, field or value."""
+
+    http_status: int = 500
+
+
+class ModelLoadError(QwqError):
+    """A checkpoint could not be read: missing, truncated, corrupt, unsupported or inconsistent."""
+
+    http_status = 400
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A readable checkpoint of an architecture or feature qwq does not implement."""
+
+
+class ContextLengthError(QwqError):
+    """The prompt plus the requested new tokens do not fit in the model's context window."""
+
+    http_status = 400
+
+
+class InvalidRequestError(QwqError):
+    """A generation or chat request with a value out of range or of the wrong kind."""
+
+    http_status = 400
+
+
+class DownloadError(QwqError):
+    """A model could not be fetched or failed its integrity check."""
+
+    http_status = 502
