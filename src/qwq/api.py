@@ -31,7 +31,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 2048
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+_SAMPLING_KEYS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 class Model:
@@ -199,7 +207,9 @@ def _load_hf_dir(directory: Path, dtype: torch.dtype, device: torch.device) -> M
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{generation_file}: not valid JSON ({exc})") from None
     defaults = GenerationDefaults.from_hf_dict(generation_data, fallback_eos=_eos_ids(config, tokenizer))
-    network = load_weights(build_empty(config), safetensors_weights.read_tensors(directory), str(directory), dtype, device)
+    network = load_weights(
+        build_empty(config), safetensors_weights.read_tensors(directory), str(directory), dtype, device
+    )
     return Model(network, tokenizer, defaults, str(directory))
 
 

@@ -103,7 +103,9 @@ class ModelConfig:
         kwargs = {k: v for k, v in data.items() if k in fields}
         kwargs["rope_theta"] = float(rope_theta)
         kwargs.setdefault("tie_word_embeddings", False)
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in kwargs)
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in kwargs
+        )
         if missing:
             raise ModelLoadError(f"{source}: missing config fields {missing}")
         return cls(**kwargs)

@@ -14,14 +14,14 @@ CORPUS = [
     "你好，世界！今天天气怎么样？我们去公园散步吧。",
     "日本語のテキストも少し。한국어도 조금.",
     "def fib(n: int) -> int:\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
-    "for (int i = 0; i < 10; ++i) { printf(\"%d\\n\", i); }",
+    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }',
     "Emoji: 😀🎉👩‍👩‍👧‍👦 🇫🇷 ❤️ ✨",
     "Long whitespace:          \t\t\t   \n\n\n\n      end   ",
     "    indented\n        more indented\n\ttab\r\nwindows line",
     "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|endoftext|>",
     "Numbers 1234567890 and 3.14159e-10, 1,000,000.",
     "Math: $\\int_0^1 x^2 \\, dx = \\frac{1}{3}$ and \\boxed{42}",
-    "<tool_call>{\"name\": \"f\"}</tool_call> <|fim_prefix|>x<|fim_suffix|>",
+    '<tool_call>{"name": "f"}</tool_call> <|fim_prefix|>x<|fim_suffix|>',
     "Ünïcödé àccénts, naïve café, Straße, ﬁ ligature, Ω",
     "",
 ]
@@ -72,7 +72,9 @@ def test_chat_template_matches_hf(model, hf_tokenizer):
             theirs = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_prompt)
             assert ours == theirs
     ours = model.tokenizer.apply_chat_template(conversations[0], tools=tools)
-    assert ours == hf_tokenizer.apply_chat_template(conversations[0], tools=tools, tokenize=False, add_generation_prompt=True)
+    assert ours == hf_tokenizer.apply_chat_template(
+        conversations[0], tools=tools, tokenize=False, add_generation_prompt=True
+    )
 
 
 def _chat_ids(model, prompt: str) -> list[int]:

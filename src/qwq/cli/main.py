@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qwq {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="answer one prompt (argument or stdin) with a chat model")
-    run.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"a .gguf, an HF directory or a name (default {DEFAULT_MODEL})")
+    run.add_argument("model", help=f"a .gguf file, an HF checkpoint directory or a name such as {DEFAULT_MODEL}")
     run.add_argument("prompt", nargs="?", help="the question; read from stdin when omitted")
     run.add_argument("--system", help="a system message to put first")
     run.add_argument("--temperature", type=float)

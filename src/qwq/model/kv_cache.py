@@ -11,7 +11,13 @@ from torch import nn
 
 class KVCache(nn.Module):
     def __init__(
-        self, batch_size: int, num_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        batch_size: int,
+        num_kv_heads: int,
+        max_seq_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
         shape = (batch_size, num_kv_heads, max_seq_len, head_dim)  # (B, Hkv, S, D)

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from qwq.errors import UnsupportedModelError
+from qwq.errors import ModelLoadError, UnsupportedModelError
 from qwq.weights.gguf import GGUFFile
 
 # Qwen2's pre-tokenizer split (from its tokenizer.json): contractions, letters, single digits, symbols, spaces.
@@ -52,6 +52,8 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
     tokens: list[str] = gguf.metadata("tokenizer.ggml.tokens")
     merges: list[str] = gguf.metadata("tokenizer.ggml.merges") or []
     token_types: list[int] = gguf.metadata("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if len(token_types) != len(tokens):
+        raise ModelLoadError(f"{gguf.path}: {len(tokens)} tokens but {len(token_types)} token types")
     alphabet = set(byte_alphabet().values())
     vocab = {_byte_level_spelling(token, alphabet): index for index, token in enumerate(tokens)}
     pairs = [tuple(merge.split(" ", 1)) for merge in merges]
@@ -70,14 +72,14 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
     backend.add_special_tokens(
         [
             AddedToken(token, special=True, normalized=False)
-            for token, kind in zip(tokens, token_types)
+            for token, kind in zip(tokens, token_types, strict=True)
             if kind == _CONTROL and set(token) <= alphabet
         ]
     )
     backend.add_tokens(
         [
             AddedToken(token, special=False, normalized=False)
-            for token, kind in zip(tokens, token_types)
+            for token, kind in zip(tokens, token_types, strict=True)
             if kind == _USER_DEFINED and token in vocab
         ]
     )

@@ -40,6 +40,7 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(.+)")
+GGUF_MAGIC = b"GGUF"
 
 # The types Qwen GGUFs use; others may dequantize through `gguf` too, but these are the ones we test.
 SUPPORTED_TYPES = frozenset(
@@ -65,10 +66,17 @@ class GGUFFile:
         self.path = path
         if not path.is_file():
             raise ModelLoadError(f"{path}: file not found")
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        if magic != GGUF_MAGIC:
+            raise ModelLoadError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
         try:
             self.reader = GGUFReader(path, "r")
         except Exception as exc:  # the reader raises many kinds (ValueError, struct and numpy errors) on bad bytes
-            raise ModelLoadError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+            size = path.stat().st_size
+            raise ModelLoadError(
+                f"{path}: not a readable GGUF file, truncated or corrupt ({size} bytes; {type(exc).__name__}: {exc})"
+            ) from None
         self._check_tensors_complete()
         architecture = self.metadata("general.architecture")
         if architecture != "qwen2":

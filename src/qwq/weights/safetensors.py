@@ -38,7 +38,7 @@ def read_tensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
     for path in checkpoint_files(directory):
         try:
             with safe_open(str(path), framework="pt") as handle:
-                for name in handle.keys():
+                for name in handle.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
                     yield name, handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from None
