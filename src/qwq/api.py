@@ -192,7 +192,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> Model:
     gguf = GGUFFile(path)
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network = load_weights(build_empty(config), gguf.tensors(), str(path), dtype, device)
+    network = load_weights(build_empty(config), gguf.tensors(dtype), str(path), dtype, device)
     return Model(network, tokenizer, GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer)), str(path))
 
 

@@ -49,11 +49,20 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
         raise UnsupportedModelError(
             f"{gguf.path}: tokenizer {model_kind!r} with pre-tokenizer {pre!r} is not supported (need gpt2 / qwen2)"
         )
-    tokens: list[str] = gguf.metadata("tokenizer.ggml.tokens")
-    merges: list[str] = gguf.metadata("tokenizer.ggml.merges") or []
-    token_types: list[int] = gguf.metadata("tokenizer.ggml.token_type") or [1] * len(tokens)
+    tokens = gguf.metadata("tokenizer.ggml.tokens")
+    merges = gguf.metadata("tokenizer.ggml.merges") or []
+    token_types = gguf.metadata("tokenizer.ggml.token_type") or [1] * len(tokens or ())
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in [*tokens, *merges]):
+        raise ModelLoadError(f"{gguf.path}: tokenizer.ggml.tokens / merges are not lists of strings")
     if len(token_types) != len(tokens):
         raise ModelLoadError(f"{gguf.path}: {len(tokens)} tokens but {len(token_types)} token types")
+    try:
+        return _build(tokens, merges, token_types, _SPLITS[pre])
+    except Exception as exc:  # tokenizers reports an inconsistent vocabulary as a bare Exception
+        raise ModelLoadError(f"{gguf.path}: the tokenizer vocabulary is inconsistent ({exc})") from None
+
+
+def _build(tokens: list[str], merges: list[str], token_types: list[int], split: str) -> Tokenizer:
     alphabet = set(byte_alphabet().values())
     vocab = {_byte_level_spelling(token, alphabet): index for index, token in enumerate(tokens)}
     pairs = [tuple(merge.split(" ", 1)) for merge in merges]
@@ -63,7 +72,7 @@ def tokenizer_from_gguf(gguf: GGUFFile) -> Tokenizer:
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -1,8 +1,9 @@
-"""Reading GGUF checkpoints (llama.cpp's format) through the `gguf` package.
+"""Qwen2 GGUF checkpoints (llama.cpp's format): the model config from the metadata, and the tensors
+under HF names.
 
-Gives the model config from the file's metadata and the tensors under HF names, each dequantized to
-float32 one at a time, so loading never holds a second full copy of the weights. llama.cpp's converter
-stores Qwen2's Q/K projections unpermuted, so no reordering is needed.
+Tensors are read one at a time and dequantized (by the `gguf` package) in row chunks straight into
+the target dtype, so loading holds the final weights plus one chunk, never a second full copy.
+llama.cpp's converter stores Qwen2's Q/K projections unpermuted, so no reordering is needed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from qwq.config import ModelConfig
 from qwq.errors import ModelLoadError, UnsupportedModelError
+from qwq.weights.gguf_container import TensorInfo, read_header
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -40,7 +42,7 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(.+)")
-GGUF_MAGIC = b"GGUF"
+_CHUNK_ELEMENTS = 1 << 22  # rows are dequantized in chunks of about this many values
 
 # The types Qwen GGUFs use; others may dequantize through `gguf` too, but these are the ones we test.
 SUPPORTED_TYPES = frozenset(
@@ -60,47 +62,21 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 
 
 class GGUFFile:
-    """An opened, validated GGUF file."""
+    """An opened, validated Qwen2 GGUF file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.is_file():
             raise ModelLoadError(f"{path}: file not found")
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-        if magic != GGUF_MAGIC:
-            raise ModelLoadError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
-        try:
-            self.reader = GGUFReader(path, "r")
-        except Exception as exc:  # the reader raises many kinds (ValueError, struct and numpy errors) on bad bytes
-            size = path.stat().st_size
-            raise ModelLoadError(
-                f"{path}: not a readable GGUF file, truncated or corrupt ({size} bytes; {type(exc).__name__}: {exc})"
-            ) from None
-        self._check_tensors_complete()
+        self._metadata, self.tensor_infos = read_header(path)
         architecture = self.metadata("general.architecture")
         if architecture != "qwen2":
             raise UnsupportedModelError(
                 f"{path}: GGUF architecture {architecture!r} is not supported; qwq runs 'qwen2' checkpoints"
             )
 
-    def _check_tensors_complete(self) -> None:
-        size = self.path.stat().st_size
-        for tensor in self.reader.tensors:
-            if tensor.data_offset + tensor.n_bytes > size or tensor.data.nbytes != tensor.n_bytes:
-                raise ModelLoadError(
-                    f"{self.path}: truncated: tensor {tensor.name!r} needs bytes up to "
-                    f"{tensor.data_offset + tensor.n_bytes}, the file has {size}"
-                )
-
     def metadata(self, key: str, default: Any = None) -> Any:
-        field = self.reader.get_field(key)
-        if field is None:
-            return default
-        try:
-            return field.contents()
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: metadata {key!r} is unreadable ({exc})") from None
+        return self._metadata.get(key, default)
 
     def _require(self, key: str) -> Any:
         value = self.metadata(key)
@@ -110,18 +86,30 @@ class GGUFFile:
 
     def model_config(self) -> ModelConfig:
         prefix = "qwen2."
-        names = {t.name: t for t in self.reader.tensors}
+        names = {t.name: t for t in self.tensor_infos}
         if "token_embd.weight" not in names:
             raise ModelLoadError(f"{self.path}: tensor 'token_embd.weight' is missing")
-        heads = int(self._require(prefix + "attention.head_count"))
-        hidden = int(self._require(prefix + "embedding_length"))
-        key_length = self.metadata(prefix + "attention.key_length")
+        layers = {int(m.group(1)) for m in (_LAYER_PATTERN.fullmatch(t.name) for t in self.tensor_infos) if m}
+        block_count = self._require(prefix + "block_count")
+        if layers != set(range(len(layers))) or block_count != len(layers):
+            raise ModelLoadError(
+                f"{self.path}: metadata says {block_count} layers, the tensors describe {len(layers)} "
+                f"(indices {sorted(layers)[:3]}...{sorted(layers)[-3:]})"
+            )
+        hidden = self._require(prefix + "embedding_length")
+        if hidden != names["token_embd.weight"].shape[1]:
+            raise ModelLoadError(
+                f"{self.path}: metadata embedding_length {hidden} does not match token_embd.weight's "
+                f"shape {names['token_embd.weight'].shape}"
+            )
         try:
+            heads = int(self._require(prefix + "attention.head_count"))
+            key_length = self.metadata(prefix + "attention.key_length")
             return ModelConfig(
-                vocab_size=int(names["token_embd.weight"].shape[1]),
+                vocab_size=names["token_embd.weight"].shape[0],
                 hidden_size=hidden,
                 intermediate_size=int(self._require(prefix + "feed_forward_length")),
-                num_hidden_layers=int(self._require(prefix + "block_count")),
+                num_hidden_layers=block_count,
                 num_attention_heads=heads,
                 num_key_value_heads=int(self.metadata(prefix + "attention.head_count_kv", heads)),
                 max_position_embeddings=int(self._require(prefix + "context_length")),
@@ -132,21 +120,30 @@ class GGUFFile:
                 bos_token_id=self.metadata("tokenizer.ggml.bos_token_id"),
                 eos_token_id=self.metadata("tokenizer.ggml.eos_token_id"),
             )
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"{self.path}: {exc}") from None
+        except (ModelLoadError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{self.path}: metadata does not describe a valid model: {exc}") from None
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, float32 tensor) pairs, dequantized one at a time in file order."""
-        for tensor in self.reader.tensors:
-            name = hf_tensor_name(tensor.name)
+    def _read(self, info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
+        rows = 1
+        for dim in info.shape[:-1]:
+            rows *= dim
+        raw = np.fromfile(self.path, dtype=np.uint8, count=info.n_bytes, offset=info.offset)
+        raw = raw.reshape(rows, info.n_bytes // rows)  # one row of blocks per output row
+        out = torch.empty((rows, info.shape[-1]), dtype=dtype)
+        step = max(1, _CHUNK_ELEMENTS // info.shape[-1])
+        for first in range(0, rows, step):
+            chunk = dequantize(raw[first : first + step], info.qtype)
+            out[first : first + step] = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+        return out.reshape(info.shape)
+
+    def tensors(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, tensor in `dtype`) pairs, read and dequantized one at a time in file order."""
+        for info in self.tensor_infos:
+            name = hf_tensor_name(info.name)
             if name is None:
-                raise ModelLoadError(f"{self.path}: unexpected tensor {tensor.name!r} for a qwen2 model")
-            if tensor.tensor_type not in SUPPORTED_TYPES:
+                raise ModelLoadError(f"{self.path}: unexpected tensor {info.name!r} for a qwen2 model")
+            if info.qtype not in SUPPORTED_TYPES:
                 raise UnsupportedModelError(
-                    f"{self.path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, which qwq cannot read"
+                    f"{self.path}: tensor {info.name!r} has type {info.qtype.name}, which qwq cannot read"
                 )
-            shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # GGUF lists dims fastest-first
-            values = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
-            if not values.flags.writeable:  # F32 tensors come back as views of the read-only memory map
-                values = values.copy()
-            yield name, torch.from_numpy(values.reshape(shape))
+            yield name, self._read(info, dtype)

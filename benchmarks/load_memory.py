@@ -1,0 +1,66 @@
+"""Peak resident memory while loading a checkpoint, against the size of the weights it ends with.
+
+Each dtype loads in its own process, so each peak is its own. Prints (peak RSS - RSS before loading)
+divided by the bytes of the final weights: near 1.0 means no second copy was ever held.
+
+    python benchmarks/load_memory.py [--model qwen2.5-coder:0.5b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def _status_gib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _worker(path: str, dtype: str) -> None:
+    import torch  # noqa: F401  (imported before the baseline so its own memory is not counted)
+
+    import qwq
+
+    before = _status_gib("VmRSS")
+    start = time.perf_counter()
+    model = qwq.load(path, dtype=dtype, device="cpu")
+    seconds = time.perf_counter() - start
+    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.network.parameters()}.values())
+    peak = _status_gib("VmHWM")
+    print(json.dumps({"weights": weights / 2**30, "before": before, "peak": peak, "seconds": seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder:0.5b")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.path, args.worker)
+        return
+
+    from qwq.local_models import fetch
+
+    path = str(fetch(args.model))
+    print(f"\n{args.model}\n")
+    print("| dtype | load s | final weights GiB | RSS before GiB | peak RSS GiB | (peak - before) / weights |")
+    print("|---|---|---|---|---|---|")
+    for dtype in ("float32", "bfloat16"):
+        command = [sys.executable, __file__, "--worker", dtype, "--path", path]
+        r = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        ratio = (r["peak"] - r["before"]) / r["weights"]
+        print(
+            f"| {dtype} | {r['seconds']:.1f} | {r['weights']:.2f} | {r['before']:.2f} | {r['peak']:.2f} | {ratio:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
