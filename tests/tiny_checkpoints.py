@@ -12,6 +12,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QType
 from gguf.quants import quantize
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -23,14 +24,8 @@ SHAPE = dict(hidden=256, heads=4, kv_heads=2, intermediate=512, layers=2, contex
 
 
 def byte_level_tokens() -> list[str]:
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return [mapping[b] for b in range(256)]
+    spelling = bytes_to_unicode()  # GPT-2's byte alphabet, from transformers
+    return [spelling[b] for b in range(256)]
 
 
 def vocabulary() -> tuple[list[str], list[int]]:

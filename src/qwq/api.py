@@ -86,9 +86,9 @@ class Model:
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Float32 logits for every position of `ids`: shape (len(ids), vocab_size), computed without cache."""
         self._require_weights()
-        check_prompt(list(ids), 0, self.config.vocab_size, self.context_length)
+        ids = check_prompt(ids, 0, self.config.vocab_size, self.context_length)
         self.network.drop_cache()
-        batch = torch.tensor([list(ids)], device=self.device)
+        batch = torch.tensor([ids], device=self.device)
         return self.network(batch)[0].float()
 
     def _options(
@@ -134,7 +134,7 @@ class Model:
         checkpoint's generation config; pass temperature=0 for greedy."""
         self._require_weights()
         options = self._options(max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
-        return list(generate_tokens(self.network, list(ids), options, self.context_length))
+        return list(generate_tokens(self.network, ids, options, self.context_length))
 
     def chat(
         self,

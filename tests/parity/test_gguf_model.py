@@ -121,3 +121,18 @@ def test_cached_decoding_equals_recomputation(model):
     cached = torch.cat(step_logits)
     assert (cached - full).abs().max().item() < 1e-3
     assert torch.equal(full[len(ids) - 1 : -1].argmax(-1), torch.tensor(new))
+
+
+def test_tokenizer_json_directory_matches_hf(tmp_path, hf_tokenizer):
+    """The HF-directory path: transformers saves its tokenizer files; qwq reads them back."""
+    from qwq.tokenizer.tokenizer import Tokenizer
+
+    hf_tokenizer.save_pretrained(tmp_path)
+    ours = Tokenizer.from_hf_dir(tmp_path)
+    for text in CORPUS:
+        assert ours.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": CHAT_PROMPTS[2]}]
+    assert ours.apply_chat_template(messages) == hf_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert ours.eos_token == hf_tokenizer.eos_token

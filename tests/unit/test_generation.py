@@ -84,3 +84,20 @@ def test_logits_shape_and_dtype(model):
     logits = model.logits(ids)
     assert logits.shape == (len(ids), model.config.vocab_size)
     assert logits.dtype.is_floating_point and logits.dtype.itemsize == 4
+
+
+def test_streaming_request_fails_at_the_call_not_mid_stream(model):
+    with pytest.raises(qwq.ContextLengthError):
+        model.chat("hi", stream=True, max_new_tokens=40000)
+
+
+def test_integer_like_ids_are_accepted(model):
+    import numpy as np
+    import torch
+
+    ids = model.tokenizer.encode("print(")
+    expected = model.generate(ids, max_new_tokens=3, temperature=0)
+    assert model.generate(np.array(ids), max_new_tokens=3, temperature=0) == expected
+    assert model.tokenizer.decode(torch.tensor(expected)) == model.tokenizer.decode(expected)
+    with pytest.raises(qwq.InvalidRequestError, match="must be integers"):
+        model.generate([1.5, 2], max_new_tokens=3)

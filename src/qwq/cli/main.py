@@ -1,4 +1,4 @@
-"""The `qwq` command line. For now: `qwq run [MODEL] [PROMPT]`, a one-shot streamed chat answer.
+"""The `qwq` command line: `qwq run MODEL [PROMPT]` (a one-shot streamed chat answer) and `qwq pull NAME`.
 
 The CLI is a client of the same Python API everyone else uses; it is the only place that configures
 logging and prints.
@@ -13,7 +13,7 @@ import sys
 from qwq import __version__
 from qwq.api import load
 from qwq.errors import QwqError
-from qwq.local_models import DEFAULT_MODEL
+from qwq.local_models import DEFAULT_MODEL, LOCAL_MODELS, fetch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     run.add_argument("--device")
     run.add_argument("--verbose", action="store_true", help="log loading progress to stderr")
+    pull = commands.add_parser("pull", help=f"fetch and verify a small local model ({', '.join(LOCAL_MODELS)})")
+    pull.add_argument("names", nargs="+", metavar="NAME")
     return parser
 
 
@@ -62,11 +64,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull(args: argparse.Namespace) -> int:
+    for name in args.names:
+        print(fetch(name))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    verbose = args.command == "pull" or args.verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     try:
-        return _run(args)
+        return _pull(args) if args.command == "pull" else _run(args)
     except QwqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ CLI, the eval harness and the tests.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -35,39 +36,51 @@ class GenerateOptions:
             raise InvalidRequestError(f"stop must be a list of strings, got {list(self.stop)!r}")
 
 
-def check_prompt(prompt_ids: Sequence[int], max_new_tokens: int, vocab_size: int, context_length: int) -> None:
-    """Refuse prompts the model cannot take, naming the problem."""
-    if not prompt_ids:
+def check_prompt(prompt_ids: Sequence[int], max_new_tokens: int, vocab_size: int, context_length: int) -> list[int]:
+    """The prompt as a list of ints, or an error naming why the model cannot take it."""
+    try:
+        ids = [operator.index(i) for i in prompt_ids]  # ints, numpy ints and 0-d integer tensors
+    except TypeError:
+        raise InvalidRequestError(f"prompt token ids must be integers, got {list(prompt_ids)[:5]!r}") from None
+    if not ids:
         raise InvalidRequestError("the prompt is empty: give at least one token")
-    bad = [i for i in prompt_ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
         raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}")
-    if len(prompt_ids) + max_new_tokens > context_length:
+    if len(ids) + max_new_tokens > context_length:
         raise ContextLengthError(
-            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
-            f"{len(prompt_ids) + max_new_tokens} exceeds the context length of {context_length} tokens"
+            f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{len(ids) + max_new_tokens} exceeds the context length of {context_length} tokens"
         )
+    return ids
 
 
-@torch.inference_mode()
 def generate_tokens(
     model: Qwen2ForCausalLM, prompt_ids: Sequence[int], options: GenerateOptions, context_length: int
 ) -> Generator[int, None, None]:
-    """Yield new token ids; the stop token that ends generation is yielded too (as HF's generate does)."""
+    """New token ids, lazily; the stop token that ends generation is yielded too (as HF's generate does).
+
+    The prompt is checked now, so a bad request fails at the call rather than at the first token.
+    """
+    ids = check_prompt(prompt_ids, options.max_new_tokens, model.config.vocab_size, context_length)
+    return _decode(model, ids, options)
+
+
+@torch.inference_mode()
+def _decode(model: Qwen2ForCausalLM, prompt_ids: list[int], options: GenerateOptions) -> Generator[int, None, None]:
     config = model.config
-    check_prompt(prompt_ids, options.max_new_tokens, config.vocab_size, context_length)
     device = model.model.embed_tokens.weight.device
     params = options.sampling
-    generator = params.make_generator()
+    generator = params.make_generator(device)
     stop_ids = set() if options.ignore_eos else set(options.stop_token_ids)
     penalise = needs_penalties(params)
     if penalise:
         seen = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
-        seen[torch.tensor(list(prompt_ids), device=device)] = True
+        seen[torch.tensor(prompt_ids, device=device)] = True
         output_counts = torch.zeros(config.vocab_size, dtype=torch.int32, device=device)
 
     model.setup_cache(1, len(prompt_ids) + options.max_new_tokens)
-    logits = model(torch.tensor([list(prompt_ids)], device=device), 0, last_only=True)[0, -1].float()
+    logits = model(torch.tensor([prompt_ids], device=device), 0, last_only=True)[0, -1].float()
     position = len(prompt_ids)
     for step in range(options.max_new_tokens):
         if penalise:

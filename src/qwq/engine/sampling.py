@@ -51,10 +51,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def make_generator(self) -> torch.Generator | None:
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """A random generator on the device the logits live on (seeded when a seed was given)."""
         if self.greedy:
             return None
-        generator = torch.Generator()
+        generator = torch.Generator(device=device)
         if self.seed is None:
             generator.seed()
         else:

@@ -7,6 +7,7 @@ same ids as HF's tokenizer for the same checkpoint.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,14 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         size = self.vocab_size
-        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < size]
+        try:
+            values = [operator.index(i) for i in ids]  # ints, numpy ints and 0-d integer tensors
+        except TypeError:
+            raise InvalidRequestError(f"token ids must be integers, got {list(ids)[:5]!r}") from None
+        bad = [i for i in values if not 0 <= i < size]
         if bad:
             raise InvalidRequestError(f"token ids out of range [0, {size}): {bad[:5]}")
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode(values, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
         self,
