@@ -1,5 +1,6 @@
 """Prefill and decode speed of qwq against HF transformers on the same GGUF, measured side by side.
 
+qwq runs dense (float32, bfloat16) and weight-only quantized (int8, int4 group 32; float32 elsewhere).
 Each configuration runs in its own process (so peak RSS is its own), one after the other in one run,
 with the same prompt length, number of greedy new tokens and thread count. Prints a markdown table with
 qwq's ratio to transformers float32.
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ["transformers-float32", "qwq-float32", "qwq-bfloat16"]
+CONFIGS = ["transformers-float32", "qwq-float32", "qwq-bfloat16", "qwq-int8", "qwq-int4"]
 FILLER = (
     "def merge_sort(items):\n    if len(items) <= 1:\n        return items\n    middle = len(items) // 2\n"
     "    left = merge_sort(items[:middle])\n    right = merge_sort(items[middle:])\n    return merge(left, right)\n"
@@ -37,12 +38,13 @@ def _prompt_ids(tokenizer_encode, length: int) -> list[int]:
     return ids[:length]
 
 
-def _run_qwq(path: str, dtype: str, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+def _run_qwq(path: str, variant: str, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
     import qwq
     from qwq.engine.generate import GenerateOptions, generate_tokens
     from qwq.engine.sampling import SamplingParams
 
-    model = qwq.load(path, dtype=dtype, device="cpu")
+    quant = variant if variant.startswith("int") else None
+    model = qwq.load(path, dtype=None if quant else variant, device="cpu", quant=quant)
     ids = _prompt_ids(model.tokenizer.encode, prompt_tokens)
     options = GenerateOptions(max_new_tokens=new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True)
     prefill, decode = [], []
@@ -87,9 +89,9 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    system, dtype = args.worker.split("-")
+    system, variant = args.worker.split("-")
     if system == "qwq":
-        result = _run_qwq(args.path, dtype, args.prompt_tokens, args.new_tokens, args.repeats)
+        result = _run_qwq(args.path, variant, args.prompt_tokens, args.new_tokens, args.repeats)
     else:
         result = _run_transformers(args.path, args.prompt_tokens, args.new_tokens, args.repeats)
     print(json.dumps(result))

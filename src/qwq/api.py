@@ -21,6 +21,8 @@ from qwq.errors import InvalidRequestError, ModelLoadError
 from qwq.local_models import LOCAL_MODELS, fetch
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS
+from qwq.quant.linear import QuantizedLinear
+from qwq.quant.swap import quantize_linears
 from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
 from qwq.weights import safetensors as safetensors_weights
@@ -72,10 +74,14 @@ class Model:
         return self.config.max_position_embeddings
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Parameters by count (a tied LM head counted once); optionally without the vocabulary matrices."""
-        unique = {id(p): (name, p) for name, p in self.network.named_parameters()}.values()
+        """Parameters by count (a tied LM head counted once, a quantized weight as its float shape);
+        optionally without the vocabulary matrices."""
+        counts = {id(p): (name, p.numel()) for name, p in self.network.named_parameters()}
+        for name, module in self.network.named_modules():
+            if isinstance(module, QuantizedLinear):
+                counts[id(module)] = (f"{name}.weight", module.out_features * module.in_features)
         embeddings = ("model.embed_tokens.weight", "lm_head.weight")
-        return sum(p.numel() for name, p in unique if not (exclude_embeddings and name in embeddings))
+        return sum(n for name, n in counts.values() if not (exclude_embeddings and name in embeddings))
 
     def _require_weights(self) -> Tokenizer:
         if self.device.type == "meta" or self.tokenizer is None:
@@ -188,15 +194,24 @@ def _eos_ids(config: ModelConfig, tokenizer: Tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device) -> Model:
+def _empty_network(config: ModelConfig, quant: str | None, group_size: int) -> Qwen2ForCausalLM:
+    network = build_empty(config)
+    return quantize_linears(network, quant, group_size) if quant else network
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device, quant: str | None, group_size: int) -> Model:
     gguf = GGUFFile(path)
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network = load_weights(build_empty(config), gguf.tensors(dtype), str(path), dtype, device)
+    network = _empty_network(config, quant, group_size)
+    tensors = gguf.tensors(torch.float32 if quant else dtype)  # quantize from full precision
+    network = load_weights(network, tensors, str(path), dtype, device)
     return Model(network, tokenizer, GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer)), str(path))
 
 
-def _load_hf_dir(directory: Path, dtype: torch.dtype, device: torch.device) -> Model:
+def _load_hf_dir(
+    directory: Path, dtype: torch.dtype, device: torch.device, quant: str | None, group_size: int
+) -> Model:
     config = ModelConfig.from_json_file(directory / "config.json")
     tokenizer = Tokenizer.from_hf_dir(directory)
     generation_file = directory / "generation_config.json"
@@ -207,9 +222,8 @@ def _load_hf_dir(directory: Path, dtype: torch.dtype, device: torch.device) -> M
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(f"{generation_file}: not valid JSON ({exc})") from None
     defaults = GenerationDefaults.from_hf_dict(generation_data, fallback_eos=_eos_ids(config, tokenizer))
-    network = load_weights(
-        build_empty(config), safetensors_weights.read_tensors(directory), str(directory), dtype, device
-    )
+    network = _empty_network(config, quant, group_size)
+    network = load_weights(network, safetensors_weights.read_tensors(directory), str(directory), dtype, device)
     return Model(network, tokenizer, defaults, str(directory))
 
 
@@ -217,15 +231,21 @@ def load(
     source: str | Path,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    quant: str | None = None,
+    quant_group_size: int = 32,
 ) -> Model:
     """Load a model from a `.gguf` file, an HF checkpoint directory, or a known name.
 
     Names: a small local test model (`qwen2.5-coder:0.5b`, fetched and verified on first use), or a preset
     (`qwq-32b-preview`) with `device="meta"`, which builds the architecture without weights for planning.
-    dtype defaults to float32 on CPU and bfloat16 on CUDA.
+    dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output channel) or "int4"
+    (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included, quantized
+    (CPU only: it runs on PyTorch's packed CPU kernels).
     """
     resolved_device = _resolve_device(device)
     resolved_dtype = _resolve_dtype(dtype, resolved_device)
+    if quant is not None and resolved_device.type not in ("cpu", "meta"):
+        raise InvalidRequestError(f"quant={quant!r} runs on CPU kernels; on {resolved_device.type} load bfloat16")
     name = str(source)
     if name in PRESETS:
         preset = PRESETS[name]
@@ -234,7 +254,7 @@ def load(
                 f"{name!r} is a preset without local weights: pass device='meta' to build it for planning, "
                 f"or download {preset.hub_repo} and load its directory"
             )
-        network = build_empty(preset.config)
+        network = _empty_network(preset.config, quant, quant_group_size)
         return Model(network, None, preset.generation, name)
     if name in LOCAL_MODELS:
         source = fetch(name)
@@ -243,10 +263,10 @@ def load(
         raise InvalidRequestError("device='meta' builds presets only; real checkpoints load onto cpu or cuda")
     if path.is_dir():
         logger.info("loading HF checkpoint %s", path)
-        return _load_hf_dir(path, resolved_dtype, resolved_device)
+        return _load_hf_dir(path, resolved_dtype, resolved_device, quant, quant_group_size)
     if path.is_file():
         logger.info("loading GGUF %s", path)
-        return _load_gguf(path, resolved_dtype, resolved_device)
+        return _load_gguf(path, resolved_dtype, resolved_device, quant, quant_group_size)
     raise ModelLoadError(
         f"{path}: no such file or directory (expected a .gguf file, an HF checkpoint directory, "
         f"or one of {sorted([*LOCAL_MODELS, *PRESETS])})"

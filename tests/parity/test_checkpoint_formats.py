@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as QType
 from transformers import AutoModelForCausalLM
 
 import qwq
+
 from tiny_checkpoints import write_gguf, write_hf_dir
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]

@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as QType
 
 import qwq
+
 from tiny_checkpoints import write_gguf, write_hf_dir
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.errors import ModelLoadError
 from qwq.model.qwen2 import Qwen2ForCausalLM
+from qwq.quant.linear import QuantizedLinear
 
 # Buffers some checkpoints carry that we recompute instead.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -26,10 +27,22 @@ def build_empty(config: ModelConfig) -> Qwen2ForCausalLM:
         return Qwen2ForCausalLM(config).eval()
 
 
-def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Checkpoint tensor names and shapes: parameters, plus the float weight each quantized layer takes."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            shapes[f"{name}.weight"] = (module.out_features, module.in_features)
+    return shapes
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
-    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    if isinstance(module, QuantizedLinear) and leaf == "weight":
+        module.set_weight(tensor.to(device))  # quantized from the checkpoint's own precision
+    else:
+        module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
 def load_weights(
@@ -39,8 +52,11 @@ def load_weights(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Qwen2ForCausalLM:
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    expected = _expected_shapes(model)
     tied = model.config.tie_word_embeddings
+    quantized_head = isinstance(model.lm_head, QuantizedLinear)
+    if tied and quantized_head:
+        expected.pop("lm_head.weight")  # fed from the embedding below
     loaded: set[str] = set()
     for name, tensor in tensors:
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
@@ -53,13 +69,15 @@ def load_weights(
             raise ModelLoadError(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the config expects {expected[name]}"
             )
-        _set_parameter(model, name, tensor.to(device=device, dtype=dtype))
+        _assign(model, name, tensor, dtype, device)
+        if tied and quantized_head and name == "model.embed_tokens.weight":
+            model.lm_head.set_weight(tensor.to(device))
         loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ModelLoadError(f"{source}: missing tensors: {shown}")
-    if tied:
+    if tied and not quantized_head:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset(device)
     return model
