@@ -1,7 +1,8 @@
 """Peak resident memory while loading a checkpoint, against the size of the weights it ends with.
 
-Each dtype loads in its own process, so each peak is its own. Prints (peak RSS - RSS before loading)
-divided by the bytes of the final weights: near 1.0 means no second copy was ever held.
+Each variant (float32, bfloat16, int8, int4 with float32 elsewhere) loads in its own process, so each
+peak is its own. Prints (peak RSS - RSS before loading) divided by the bytes of the final weights:
+near 1.0 means no second copy was ever held.
 
     python benchmarks/load_memory.py [--model qwen2.5-coder:0.5b]
 """
@@ -23,16 +24,18 @@ def _status_gib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _worker(path: str, dtype: str) -> None:
+def _worker(path: str, variant: str) -> None:
     import torch  # noqa: F401  (imported before the baseline so its own memory is not counted)
 
     import qwq
 
     before = _status_gib("VmRSS")
     start = time.perf_counter()
-    model = qwq.load(path, dtype=dtype, device="cpu")
+    quant = variant if variant.startswith("int") else None
+    model = qwq.load(path, dtype=None if quant else variant, device="cpu", quant=quant)
     seconds = time.perf_counter() - start
-    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.network.parameters()}.values())
+    tensors = {id(t): t for t in [*model.network.parameters(), *model.network.buffers()]}.values()
+    weights = sum(t.numel() * t.element_size() for t in tensors)
     peak = _status_gib("VmHWM")
     print(json.dumps({"weights": weights / 2**30, "before": before, "peak": peak, "seconds": seconds}))
 
@@ -51,15 +54,14 @@ def main() -> None:
 
     path = str(fetch(args.model))
     print(f"\n{args.model}\n")
-    print("| dtype | load s | final weights GiB | RSS before GiB | peak RSS GiB | (peak - before) / weights |")
+    print("| weights | load s | final weights GiB | RSS before GiB | peak RSS GiB | (peak - before) / weights |")
     print("|---|---|---|---|---|---|")
-    for dtype in ("float32", "bfloat16"):
-        command = [sys.executable, __file__, "--worker", dtype, "--path", path]
+    for variant in ("float32", "bfloat16", "int8", "int4"):
+        command = [sys.executable, __file__, "--worker", variant, "--path", path]
         r = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         ratio = (r["peak"] - r["before"]) / r["weights"]
-        print(
-            f"| {dtype} | {r['seconds']:.1f} | {r['weights']:.2f} | {r['before']:.2f} | {r['peak']:.2f} | {ratio:.2f} |"
-        )
+        sizes = f"{r['weights']:.2f} | {r['before']:.2f} | {r['peak']:.2f}"
+        print(f"| {variant} | {r['seconds']:.1f} | {sizes} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

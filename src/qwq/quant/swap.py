@@ -1,10 +1,13 @@
 """Swapping a model's Linear layers (LM head included) for weight-only quantized ones before loading.
 
 Done on the `meta`-device model, so no float copy of the network ever exists; the loader then quantizes
-each weight as it arrives.
+each weight as it arrives. A layer whose shape the int4 kernel cannot pack (output size not a multiple of
+16, input size not a multiple of the group) is stored as int8 instead, as llama.cpp falls back per tensor.
 """
 
 from __future__ import annotations
+
+import logging
 
 from torch import nn
 
@@ -12,19 +15,34 @@ from qwq.errors import InvalidRequestError
 from qwq.quant.linear import Int4Linear, Int8Linear
 
 QUANT_MODES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+logger = logging.getLogger(__name__)
+
+
+def int4_packable(in_features: int, out_features: int, group_size: int) -> bool:
+    return out_features % 16 == 0 and in_features % group_size == 0
 
 
 def quantize_linears(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
     if mode not in QUANT_MODES:
         raise InvalidRequestError(f"quant {mode!r} is not supported; choose one of {list(QUANT_MODES)} or None")
+    if mode == "int4" and group_size not in INT4_GROUP_SIZES:
+        raise InvalidRequestError(f"int4 group size must be one of {list(INT4_GROUP_SIZES)}, got {group_size!r}")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
                 continue
             bias = child.bias is not None
-            if mode == "int8":
-                replacement = Int8Linear(child.in_features, child.out_features, bias)
-            else:
+            if mode == "int4" and int4_packable(child.in_features, child.out_features, group_size):
                 replacement = Int4Linear(child.in_features, child.out_features, bias, group_size)
+            else:
+                if mode == "int4":
+                    logger.info(
+                        "%s (%d -> %d) cannot be packed as int4: storing it as int8",
+                        name,
+                        child.in_features,
+                        child.out_features,
+                    )
+                replacement = Int8Linear(child.in_features, child.out_features, bias)
             setattr(parent, name, replacement.to(child.weight.device))
     return model

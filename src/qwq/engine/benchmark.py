@@ -1,0 +1,110 @@
+"""Timing one model's single-stream generation: time to first token, prefill and decode rates, peak memory.
+
+Shared by `qwq bench` and the comparison scripts under `benchmarks/`, so every number is measured the
+same way: a fixed-length prompt, greedy decoding with EOS ignored, several repetitions.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from qwq.api import Model
+from qwq.engine.generate import GenerateOptions, generate_tokens
+from qwq.engine.sampling import SamplingParams
+from qwq.errors import InvalidRequestError
+
+_FILLER = (
+    "def merge_sort(items):\n    if len(items) <= 1:\n        return items\n    middle = len(items) // 2\n"
+    "    return merge(merge_sort(items[:middle]), merge_sort(items[middle:]))\n"
+    "The quick brown fox jumps over the lazy dog while the compiler checks every branch of the program.\n"
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Summary:
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    time_to_first_token_s: Summary
+    prefill_tokens_per_s: Summary
+    decode_tokens_per_s: Summary
+    peak_rss_gib: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def benchmark_prompt(model: Model, length: int) -> list[int]:
+    """A prompt of exactly `length` tokens of ordinary code and prose."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise InvalidRequestError(f"{model.source} has no tokenizer to build a benchmark prompt with")
+    ids: list[int] = []
+    piece = tokenizer.encode(_FILLER)
+    while len(ids) < length:
+        ids += piece
+    return ids[:length]
+
+
+def run_benchmark(
+    model: Model,
+    prompt_tokens: int = 512,
+    new_tokens: int = 128,
+    repeats: int = 3,
+    on_step: Callable[[int, int], None] | None = None,
+) -> BenchResult:
+    """Time `repeats` greedy generations of `new_tokens` after a `prompt_tokens` prompt.
+
+    `on_step(done, total)` is called after every token, for a progress display.
+    """
+    for name, value in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("repeats", repeats)):
+        if value < 1:
+            raise InvalidRequestError(f"{name} must be at least 1, got {value}")
+    ids = benchmark_prompt(model, prompt_tokens)
+    options = GenerateOptions(max_new_tokens=new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True)
+    first_token, prefill, decode = [], [], []
+    total = repeats * (new_tokens + 1)
+    done = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = generate_tokens(model.network, ids, options, model.context_length)
+        next(tokens)
+        first = time.perf_counter()
+        done += 1
+        for _ in tokens:
+            done += 1
+            if on_step:
+                on_step(done, total)
+        end = time.perf_counter()
+        first_token.append(first - start)
+        prefill.append(prompt_tokens / (first - start))
+        decode.append(new_tokens / (end - first))
+    return BenchResult(
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        time_to_first_token_s=Summary.of(first_token),
+        prefill_tokens_per_s=Summary.of(prefill),
+        decode_tokens_per_s=Summary.of(decode),
+        peak_rss_gib=peak_rss_gib(),
+    )
