@@ -16,6 +16,7 @@ from qwq.api import Model
 from qwq.engine.generate import GenerateOptions, generate_tokens
 from qwq.engine.sampling import SamplingParams
 from qwq.errors import InvalidRequestError
+from qwq.tokenizer.tokenizer import Tokenizer
 
 _FILLER = (
     "def merge_sort(items):\n    if len(items) <= 1:\n        return items\n    middle = len(items) // 2\n"
@@ -54,11 +55,8 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def benchmark_prompt(model: Model, length: int) -> list[int]:
+def benchmark_prompt(tokenizer: Tokenizer, length: int) -> list[int]:
     """A prompt of exactly `length` tokens of ordinary code and prose."""
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise InvalidRequestError(f"{model.source} has no tokenizer to build a benchmark prompt with")
     ids: list[int] = []
     piece = tokenizer.encode(_FILLER)
     while len(ids) < length:
@@ -80,7 +78,9 @@ def run_benchmark(
     for name, value in (("prompt_tokens", prompt_tokens), ("new_tokens", new_tokens), ("repeats", repeats)):
         if value < 1:
             raise InvalidRequestError(f"{name} must be at least 1, got {value}")
-    ids = benchmark_prompt(model, prompt_tokens)
+    if model.tokenizer is None:
+        raise InvalidRequestError(f"{model.source} has no tokenizer to build a benchmark prompt with")
+    ids = benchmark_prompt(model.tokenizer, prompt_tokens)
     options = GenerateOptions(max_new_tokens=new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True)
     first_token, prefill, decode = [], [], []
     total = repeats * (new_tokens + 1)

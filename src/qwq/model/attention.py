@@ -30,10 +30,11 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         end: int,
     ) -> torch.Tensor:
-        """x: (B, T, hidden); mask: (T, end) booleans, True where a query may attend to a key."""
+        """x: (B, T, hidden); mask: (T, end) booleans, True where a query may attend to a key, or None
+        for one query (attends to everything) or a whole sequence from position 0 (plain causal)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -42,5 +43,6 @@ class Attention(nn.Module):
         k = apply_rotary(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(positions, k, v, end)  # (B, Hkv, end, D)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (B, H, T, D)
+        causal = mask is None and seq > 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))

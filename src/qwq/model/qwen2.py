@@ -17,6 +17,15 @@ from qwq.model.kv_cache import KVCache
 from qwq.model.layers import MLP, RMSNorm, RotaryEmbedding
 
 
+def causal_mask(positions: torch.Tensor, end: int) -> torch.Tensor | None:
+    """(T, end) booleans, True where a query may attend to a key, or None when the pattern needs no
+    tensor: one new token sees every earlier position, and a whole sequence from position 0 is plainly
+    causal (SDPA's fused `is_causal` path; see `Attention.forward`)."""
+    if positions.shape[0] == 1 or positions.shape[0] == end:
+        return None
+    return positions[:, None] >= torch.arange(end, device=positions.device)[None, :]
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -31,7 +40,7 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         positions: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         end: int,
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end)
@@ -91,7 +100,7 @@ class Qwen2ForCausalLM(nn.Module):
             raise InvalidRequestError(f"position {end - 1} is past the KV cache's {self.cache_len} positions")
         device = input_ids.device
         positions = torch.arange(start_pos, end, device=device)  # (T,)
-        mask = positions[:, None] >= torch.arange(end, device=device)[None, :]  # (T, end)
+        mask = causal_mask(positions, end)
         x = self.model.embed_tokens(input_ids)  # (B, T, hidden)
         cos, sin = self.model.rotary_emb(positions, x.dtype)
         for layer in self.model.layers:

@@ -27,7 +27,7 @@ def build_empty(config: ModelConfig) -> Qwen2ForCausalLM:
         return Qwen2ForCausalLM(config).eval()
 
 
-def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Checkpoint tensor names and shapes: parameters, plus the float weight each quantized layer takes."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for name, module in model.named_modules():
@@ -52,7 +52,7 @@ def load_weights(
     dtype: torch.dtype,
     device: torch.device,
 ) -> Qwen2ForCausalLM:
-    expected = _expected_shapes(model)
+    expected = expected_shapes(model)
     tied = model.config.tie_word_embeddings
     quantized_head = isinstance(model.lm_head, QuantizedLinear)
     if tied and quantized_head:

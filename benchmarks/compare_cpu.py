@@ -1,0 +1,208 @@
+"""qwq against llama.cpp and HF transformers on the same GGUF and thread count, measured in one run.
+
+Configurations: qwq (bfloat16, int8, int4, and float32), llama.cpp (llama-cpp-python, the GGUF as stored),
+transformers (float32, bfloat16). Each runs in its own process, one after the other, so its peak RSS is
+its own. Also measures this machine's read bandwidth and prints each configuration's decode speed as a
+fraction of its roofline (bandwidth / bytes of weights read per token, embedding rows excluded).
+
+    pip install llama-cpp-python==0.3.36   # builds llama.cpp from source (about 6 minutes on 2 cores)
+    python benchmarks/compare_cpu.py [--model qwen2.5-coder:0.5b] [--prompt-tokens 512] [--new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = [
+    "llama.cpp-gguf",
+    "transformers-float32",
+    "transformers-bfloat16",
+    "qwq-float32",
+    "qwq-bfloat16",
+    "qwq-int8",
+    "qwq-int4",
+]
+
+
+def _median_rates(timings: list[tuple[float, float]], prompt_tokens: int, new_tokens: int) -> dict:
+    """timings: (seconds to first token, seconds for the remaining new_tokens) per repetition."""
+    return {
+        "prefill": statistics.median(prompt_tokens / first for first, _ in timings),
+        "decode": statistics.median(new_tokens / rest for _, rest in timings),
+    }
+
+
+def _prompt(path: str, length: int) -> list[int]:
+    from qwq.engine.benchmark import benchmark_prompt
+    from qwq.tokenizer.tokenizer import Tokenizer
+    from qwq.weights.gguf import GGUFFile
+
+    return benchmark_prompt(Tokenizer.from_gguf(GGUFFile(Path(path))), length)
+
+
+def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
+    import qwq
+    from qwq.engine.benchmark import run_benchmark
+    from qwq.quant.linear import Int4Linear, Int8Linear
+
+    quant = variant if variant.startswith("int") else None
+    model = qwq.load(args.path, dtype=None if quant else variant, device="cpu", quant=quant)
+    result = run_benchmark(model, args.prompt_tokens, args.new_tokens, args.repeats)
+    read = 0  # bytes of weights each decode step reads: every matrix but the embedding table
+    for name, module in model.network.named_modules():
+        if isinstance(module, (Int8Linear, Int4Linear)):
+            read += sum(b.numel() * b.element_size() for b in module.buffers())
+        elif name and hasattr(module, "weight") and "embed_tokens" not in name:
+            read += module.weight.numel() * module.weight.element_size()
+    return {
+        "prefill": result.prefill_tokens_per_s.median,
+        "decode": result.decode_tokens_per_s.median,
+        "bytes_per_token": read,
+    }
+
+
+def _run_llama_cpp(args: argparse.Namespace) -> dict:
+    from llama_cpp import Llama
+
+    from qwq.weights.gguf_container import read_header
+
+    ids = _prompt(args.path, args.prompt_tokens)
+    llm = Llama(
+        args.path,
+        n_ctx=args.prompt_tokens + args.new_tokens + 16,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_batch=args.prompt_tokens,
+        verbose=False,
+    )
+    timings = []
+    for _ in range(args.repeats):
+        llm.reset()
+        start = time.perf_counter()
+        stream = llm.generate(ids, temp=0.0, top_k=1, reset=True)
+        next(stream)
+        first = time.perf_counter()
+        for _ in range(args.new_tokens):
+            next(stream)
+        timings.append((first - start, time.perf_counter() - first))
+    _, tensors = read_header(Path(args.path))
+    read = sum(t.n_bytes for t in tensors if t.name != "token_embd.weight")
+    return {**_median_rates(timings, args.prompt_tokens, args.new_tokens), "bytes_per_token": read}
+
+
+def _run_transformers(args: argparse.Namespace, dtype_name: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(args.path)
+    dtype = getattr(torch, dtype_name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
+    ids = torch.tensor([_prompt(args.path, args.prompt_tokens)])
+
+    def seconds(count: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+    timings = []
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            first = seconds(1)
+            timings.append((first, seconds(args.new_tokens + 1) - first))
+    read = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    return {**_median_rates(timings, args.prompt_tokens, args.new_tokens), "bytes_per_token": read}
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    system, _, variant = args.worker.partition("-")
+    if system == "qwq":
+        result = _run_qwq(args, variant)
+    elif system == "llama.cpp":
+        result = _run_llama_cpp(args)
+    else:
+        result = _run_transformers(args, variant)
+    result["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(result))
+
+
+def read_bandwidth_gbs(threads: int, gib: int = 2) -> float:
+    """Sustained read bandwidth: the median time of summing a `gib`-GiB float32 tensor."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.ones(gib * 2**28)
+    data.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return gib * 2**30 / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder:0.5b")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+
+    from qwq.local_models import fetch
+
+    path = str(fetch(args.model))
+    bandwidth = read_bandwidth_gbs(args.threads)
+    results = {}
+    for config in args.only or CONFIGS:
+        command = [sys.executable, __file__, "--worker", config, "--path", path]
+        for flag in ("prompt_tokens", "new_tokens", "threads", "repeats"):
+            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"{config} failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        results[config] = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"measured {config}: {results[config]}", file=sys.stderr)
+
+    print(
+        f"\n{args.model}: {args.prompt_tokens}-token prompt, {args.new_tokens} greedy new tokens, {args.threads} "
+        f"threads, median of {args.repeats}; {platform.machine()}, read bandwidth {bandwidth:.1f} GB/s\n"
+    )
+    anchors = [a for a in ("llama.cpp-gguf", "transformers-float32") if a in results]
+    header = "| system | prefill tok/s | decode tok/s | peak RSS GiB | GB read/token | decode / roofline |"
+    header += "".join(f" prefill × {a} | decode × {a} |" for a in anchors)
+    print(header)
+    print("|---" * (6 + 2 * len(anchors)) + "|")
+    for config, r in results.items():
+        roofline = bandwidth * 1e9 / r["bytes_per_token"]
+        row = (
+            f"| {config} | {r['prefill']:.1f} | {r['decode']:.2f} | {r['rss']:.2f} | "
+            f"{r['bytes_per_token'] / 1e9:.3f} | {r['decode'] / roofline:.0%} of {roofline:.0f} |"
+        )
+        for anchor in anchors:
+            base = results[anchor]
+            row += f" {r['prefill'] / base['prefill']:.2f} | {r['decode'] / base['decode']:.2f} |"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

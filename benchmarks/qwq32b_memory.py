@@ -1,0 +1,95 @@
+"""QwQ-32B-Preview with random int4 weights on this machine: peak memory and decode speed.
+
+Builds the published architecture (no checkpoint needed), fills it through the same strict loader a
+real checkpoint goes through, with random bfloat16 tensors quantized to int4 as they arrive, runs a
+prompt and a few greedy decode steps, and reports peak RSS and decode tokens/s against the bandwidth
+roofline. Activations, norms and the embedding are bfloat16.
+
+    python benchmarks/qwq32b_memory.py [--group-size 128] [--prompt-tokens 64] [--new-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+
+import torch
+
+import qwq
+from qwq.engine.generate import GenerateOptions, generate_tokens
+from qwq.engine.sampling import SamplingParams
+from qwq.weights.loader import expected_shapes, load_weights
+
+
+def _status_gib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _random_tensors(shapes: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            yield name, torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            yield name, torch.randn(shape, generator=generator, dtype=torch.bfloat16) * 0.02
+
+
+def _read_bandwidth_gbs(gib: int = 2) -> float:
+    data = torch.ones(gib * 2**28)
+    data.sum()
+    start = time.perf_counter()
+    for _ in range(3):
+        data.sum()
+    return 3 * gib * 2**30 / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bandwidth = _read_bandwidth_gbs()
+
+    start = time.perf_counter()
+    plan = qwq.load("qwq-32b-preview", device="meta", quant="int4", quant_group_size=args.group_size)
+    network = plan.network
+    shapes = expected_shapes(network)
+    load_weights(network, _random_tensors(shapes), "random int4 weights", torch.bfloat16, torch.device("cpu"))
+    built = time.perf_counter() - start
+    weights = sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
+    read_per_token = weights - network.model.embed_tokens.weight.numel() * 2
+    after_build = _status_gib("VmHWM")
+
+    prompt = torch.randint(0, plan.config.vocab_size, (args.prompt_tokens,)).tolist()
+    options = GenerateOptions(
+        max_new_tokens=args.new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True
+    )
+    start = time.perf_counter()
+    tokens = generate_tokens(network, prompt, options, plan.config.max_position_embeddings)
+    next(tokens)
+    first = time.perf_counter()
+    count = sum(1 for _ in tokens)
+    decode = count / (time.perf_counter() - first)
+    roofline = bandwidth * 1e9 / read_per_token
+
+    print(f"QwQ-32B-Preview, random int4 weights (group {args.group_size}), {args.threads} threads")
+    print(f"parameters: {plan.num_parameters():,}; stored weights {weights / 2**30:.2f} GiB (built in {built:.0f} s)")
+    print(f"peak RSS after building: {after_build:.2f} GiB; peak RSS overall: {_status_gib('VmHWM'):.2f} GiB")
+    prefill_s = first - start
+    print(f"prefill: {args.prompt_tokens} tokens in {prefill_s:.1f} s ({args.prompt_tokens / prefill_s:.1f} tok/s)")
+    print(
+        f"decode: {decode:.2f} tok/s; roofline {roofline:.2f} tok/s at {bandwidth:.1f} GB/s and "
+        f"{read_per_token / 1e9:.1f} GB read per token -> {decode / roofline:.0%} of roofline"
+    )
+
+
+if __name__ == "__main__":
+    main()
