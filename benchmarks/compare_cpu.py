@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,12 +41,9 @@ def _median_rates(timings: list[tuple[float, float]], prompt_tokens: int, new_to
     }
 
 
-def _prompt(path: str, length: int) -> list[int]:
-    from qwq.engine.benchmark import benchmark_prompt
-    from qwq.tokenizer.tokenizer import Tokenizer
-    from qwq.weights.gguf import GGUFFile
-
-    return benchmark_prompt(Tokenizer.from_gguf(GGUFFile(Path(path))), length)
+def _prompt(args: argparse.Namespace) -> list[int]:
+    """The prompt ids every worker uses, written once by the parent (so workers load no extra tokenizer)."""
+    return json.loads(Path(args.prompt_file).read_text())
 
 
 def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
@@ -73,7 +72,7 @@ def _run_llama_cpp(args: argparse.Namespace) -> dict:
 
     from qwq.weights.gguf_container import read_header
 
-    ids = _prompt(args.path, args.prompt_tokens)
+    ids = _prompt(args)
     llm = Llama(
         args.path,
         n_ctx=args.prompt_tokens + args.new_tokens + 16,
@@ -104,7 +103,7 @@ def _run_transformers(args: argparse.Namespace, dtype_name: str) -> dict:
     path = Path(args.path)
     dtype = getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).eval()
-    ids = torch.tensor([_prompt(args.path, args.prompt_tokens)])
+    ids = torch.tensor([_prompt(args)])
 
     def seconds(count: int) -> float:
         start = time.perf_counter()
@@ -120,20 +119,24 @@ def _run_transformers(args: argparse.Namespace, dtype_name: str) -> dict:
     return {**_median_rates(timings, args.prompt_tokens, args.new_tokens), "bytes_per_token": read}
 
 
+def _peak_rss_gib() -> float:
+    """This process image's peak RSS (VmHWM); unlike ru_maxrss it does not inherit the parent's peak."""
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 2**20
+
+
 def _worker(args: argparse.Namespace) -> None:
-    import resource
-
-    import torch
-
-    torch.set_num_threads(args.threads)
     system, _, variant = args.worker.partition("-")
+    if system != "llama.cpp":  # llama.cpp gets its threads directly, and should not pay for importing torch
+        import torch
+
+        torch.set_num_threads(args.threads)
     if system == "qwq":
         result = _run_qwq(args, variant)
     elif system == "llama.cpp":
         result = _run_llama_cpp(args)
     else:
         result = _run_transformers(args, variant)
-    result["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["rss"] = _peak_rss_gib()
     print(json.dumps(result))
 
 
@@ -162,18 +165,24 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--prompt-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args)
         return
 
+    from qwq.engine.benchmark import benchmark_prompt
     from qwq.local_models import fetch
+    from qwq.tokenizer.tokenizer import Tokenizer
+    from qwq.weights.gguf import GGUFFile
 
     path = str(fetch(args.model))
+    prompt_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    prompt_file.write_text(json.dumps(benchmark_prompt(Tokenizer.from_gguf(GGUFFile(Path(path))), args.prompt_tokens)))
     bandwidth = read_bandwidth_gbs(args.threads)
     results = {}
     for config in args.only or CONFIGS:
-        command = [sys.executable, __file__, "--worker", config, "--path", path]
+        command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
         for flag in ("prompt_tokens", "new_tokens", "threads", "repeats"):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         run = subprocess.run(command, capture_output=True, text=True)
@@ -182,6 +191,7 @@ def main() -> None:
             continue
         results[config] = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"measured {config}: {results[config]}", file=sys.stderr)
+    prompt_file.unlink()
 
     print(
         f"\n{args.model}: {args.prompt_tokens}-token prompt, {args.new_tokens} greedy new tokens, {args.threads} "

@@ -36,7 +36,7 @@ def _random_tensors(shapes: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, t
         if name.endswith("norm.weight"):
             yield name, torch.ones(shape, dtype=torch.bfloat16)
         else:
-            yield name, torch.randn(shape, generator=generator, dtype=torch.bfloat16) * 0.02
+            yield name, torch.randn(shape, generator=generator, dtype=torch.bfloat16).mul_(0.02)  # no second copy
 
 
 def _read_bandwidth_gbs(gib: int = 2) -> float:

@@ -109,6 +109,8 @@ class Model:
         unknown = set(sampling) - set(_SAMPLING_KEYS)
         if unknown:
             raise InvalidRequestError(f"unknown sampling parameters: {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
+        if stop is not None and not isinstance(stop, (str, list, tuple)):
+            raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}")
         defaults = self.generation_defaults
         chosen = {
             "temperature": defaults.temperature,

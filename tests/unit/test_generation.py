@@ -70,6 +70,8 @@ def test_prompt_plus_budget_beyond_context_is_refused(model):
         (lambda m: m.generate([1, 2], max_new_tokens=4, temperature=-1), "temperature"),
         (lambda m: m.generate([1, 2], max_new_tokens=4, tempreature=0.5), "unknown sampling parameters"),
         (lambda m: m.chat([], max_new_tokens=4), "messages"),
+        (lambda m: m.chat("hi", max_new_tokens=4, stop=42), "stop must be"),
+        (lambda m: m.chat("hi", max_new_tokens=4, stop=["ok", 3]), "stop must be"),
         (lambda m: m.chat([{"content": "no role"}], max_new_tokens=4), r"messages\[0\]"),
         (lambda m: m.tokenizer.decode([-1]), "out of range"),
     ],

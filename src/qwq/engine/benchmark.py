@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,8 +52,19 @@ class BenchResult:
 
 
 def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory so far.
+
+    Linux's VmHWM belongs to this process image; ru_maxrss would carry over the peak of whatever forked
+    it (it survives fork and exec), so it is only the fallback elsewhere (macOS reports it in bytes)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    scale = 2**30 if sys.platform == "darwin" else 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def benchmark_prompt(tokenizer: Tokenizer, length: int) -> list[int]:
