@@ -16,27 +16,20 @@ import sys
 import time
 
 
-def _status_gib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _worker(path: str, variant: str) -> None:
     import torch  # noqa: F401  (imported before the baseline so its own memory is not counted)
 
     import qwq
+    from qwq.engine.benchmark import proc_status_gib
 
-    before = _status_gib("VmRSS")
+    before = proc_status_gib("VmRSS")
     start = time.perf_counter()
     quant = variant if variant.startswith("int") else None
     model = qwq.load(path, dtype=None if quant else variant, device="cpu", quant=quant)
     seconds = time.perf_counter() - start
     tensors = {id(t): t for t in [*model.network.parameters(), *model.network.buffers()]}.values()
     weights = sum(t.numel() * t.element_size() for t in tensors)
-    peak = _status_gib("VmHWM")
+    peak = proc_status_gib("VmHWM")
     print(json.dumps({"weights": weights / 2**30, "before": before, "peak": peak, "seconds": seconds}))
 
 

@@ -17,17 +17,10 @@ from collections.abc import Iterator
 import torch
 
 import qwq
+from qwq.engine.benchmark import proc_status_gib
 from qwq.engine.generate import GenerateOptions, generate_tokens
 from qwq.engine.sampling import SamplingParams
 from qwq.weights.loader import expected_shapes, load_weights
-
-
-def _status_gib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2**20
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _random_tensors(shapes: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -66,7 +59,7 @@ def main() -> None:
     built = time.perf_counter() - start
     weights = sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
     read_per_token = weights - network.model.embed_tokens.weight.numel() * 2
-    after_build = _status_gib("VmHWM")
+    after_build = proc_status_gib("VmHWM")
 
     prompt = torch.randint(0, plan.config.vocab_size, (args.prompt_tokens,)).tolist()
     options = GenerateOptions(
@@ -82,7 +75,7 @@ def main() -> None:
 
     print(f"QwQ-32B-Preview, random int4 weights (group {args.group_size}), {args.threads} threads")
     print(f"parameters: {plan.num_parameters():,}; stored weights {weights / 2**30:.2f} GiB (built in {built:.0f} s)")
-    print(f"peak RSS after building: {after_build:.2f} GiB; peak RSS overall: {_status_gib('VmHWM'):.2f} GiB")
+    print(f"peak RSS after building: {after_build:.2f} GiB; peak RSS overall: {proc_status_gib('VmHWM'):.2f} GiB")
     prefill_s = first - start
     print(f"prefill: {args.prompt_tokens} tokens in {prefill_s:.1f} s ({args.prompt_tokens / prefill_s:.1f} tok/s)")
     print(

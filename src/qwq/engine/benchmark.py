@@ -51,18 +51,26 @@ class BenchResult:
         return asdict(self)
 
 
+def proc_status_gib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in GiB, or None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory so far.
 
     Linux's VmHWM belongs to this process image; ru_maxrss would carry over the peak of whatever forked
     it (it survives fork and exec), so it is only the fallback elsewhere (macOS reports it in bytes)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
+    peak = proc_status_gib("VmHWM")
+    if peak is not None:
+        return peak
     scale = 2**30 if sys.platform == "darwin" else 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
