@@ -22,7 +22,6 @@ class Preset:
     hub_repo: str
     config: ModelConfig
     generation: GenerationDefaults
-    system_prompt: str | None = None
 
 
 QWQ_32B_PREVIEW = Preset(
@@ -53,7 +52,6 @@ QWQ_32B_PREVIEW = Preset(
     generation=GenerationDefaults(
         temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.0, eos_token_ids=(151645, 151643)
     ),
-    system_prompt=QWQ_SYSTEM_PROMPT,
 )
 
 PRESETS: dict[str, Preset] = {QWQ_32B_PREVIEW.name: QWQ_32B_PREVIEW}

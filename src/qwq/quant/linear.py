@@ -17,6 +17,7 @@ _COMPUTE_DTYPE = torch.bfloat16
 # Weights are quantized this many rows at a time, to bound the temporaries; packing int4 in chunks of a
 # multiple of 64 rows gives the same bytes as packing the whole matrix.
 _ROWS_PER_CHUNK = 1024
+INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 class Int8Linear(nn.Module):
@@ -53,10 +54,10 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
         super().__init__()
-        if group_size not in (32, 64, 128, 256) or in_features % group_size:
+        if group_size not in INT4_GROUP_SIZES or in_features % group_size:
             raise InvalidRequestError(
-                f"int4 group size must be 32, 64, 128 or 256 and divide the layer's input size {in_features}, "
-                f"got {group_size}"
+                f"int4 group size must be one of {list(INT4_GROUP_SIZES)} and divide the layer's input size "
+                f"{in_features}, got {group_size}"
             )
         if out_features % 16:
             raise InvalidRequestError(f"int4 packing needs output sizes divisible by 16, got {out_features}")

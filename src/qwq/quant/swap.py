@@ -12,10 +12,9 @@ import logging
 from torch import nn
 
 from qwq.errors import InvalidRequestError
-from qwq.quant.linear import Int4Linear, Int8Linear
+from qwq.quant.linear import INT4_GROUP_SIZES, Int4Linear, Int8Linear
 
 QUANT_MODES = ("int8", "int4")
-INT4_GROUP_SIZES = (32, 64, 128, 256)
 logger = logging.getLogger(__name__)
 
 
