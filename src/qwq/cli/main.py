@@ -1,8 +1,7 @@
-"""The `qwq` command line: `qwq run MODEL [PROMPT]` (a one-shot streamed chat answer), `qwq pull NAME`,
-and `qwq bench MODEL` (prefill / decode speed and peak memory).
+"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `bench`.
 
 The CLI is a client of the same Python API everyone else uses; it is the only place that configures
-logging and prints.
+logging and prints. Errors are one line on stderr with a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,36 +10,59 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 import torch
 
 from qwq import __version__
-from qwq.api import load
+from qwq.api import Model, load
+from qwq.cli.info import format_rows, info_rows, parameter_rows
+from qwq.cli.render import ReplyPrinter, print_stats
 from qwq.engine.benchmark import run_benchmark
 from qwq.errors import InvalidRequestError, QwqError
-from qwq.local_models import DEFAULT_MODEL, LOCAL_MODELS, fetch
+from qwq.local_models import DEFAULT_MODEL
+from qwq.reasoning.parser import STYLES, ReasoningSplitter, detect_style
+from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove
+
+DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
+_MODEL_HELP = f"a name such as {DEFAULT_MODEL} or qwq, hf.co/OWNER/REPO, a .gguf file or an HF checkpoint directory"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwq", description="Run QwQ-style reasoning models locally.")
     parser.add_argument("--version", action="version", version=f"qwq {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="answer one prompt (argument or stdin) with a chat model")
-    run.add_argument("model", help=f"a .gguf file, an HF checkpoint directory or a name such as {DEFAULT_MODEL}")
-    run.add_argument("prompt", nargs="?", help="the question; read from stdin when omitted")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="chat with a model: one answer (prompt or stdin) or interactively")
+    run.add_argument("model", help=_MODEL_HELP)
+    run.add_argument("prompt", nargs="?", help="the question; read from stdin when piped; interactive when neither")
     run.add_argument("--system", help="a system message to put first")
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-p", type=float)
     run.add_argument("--top-k", type=int)
     run.add_argument("--min-p", type=float)
+    run.add_argument("--repeat-penalty", type=float)
     run.add_argument("--seed", type=int)
-    run.add_argument("--max-tokens", type=int, default=512)
+    run.add_argument("--max-tokens", type=int, help="new tokens at most (default: until the context is full)")
+    run.add_argument("--hide-reasoning", action="store_true", help="print only the final answer")
+    run.add_argument(
+        "--reasoning-format",
+        choices=["auto", *STYLES],
+        default="auto",
+        help="how the reasoning is told apart from the answer (default: from the model's vocabulary and template)",
+    )
+    run.add_argument("--verbose", action="store_true", help="print timings and token rates after each answer")
     _add_load_options(run)
-    run.add_argument("--verbose", action="store_true", help="log loading progress to stderr")
-    pull = commands.add_parser("pull", help=f"fetch and verify a small local model ({', '.join(LOCAL_MODELS)})")
-    pull.add_argument("names", nargs="+", metavar="NAME")
+    pull_command = commands.add_parser("pull", help="download and verify models")
+    pull_command.add_argument("names", nargs="+", metavar="MODEL", help="names such as qwq or hf.co/OWNER/REPO")
+    commands.add_parser("list", help="list the models in the local store")
+    show = commands.add_parser("show", help="architecture, parameters, quantization, context, template, defaults")
+    show.add_argument("model", help=_MODEL_HELP)
+    show.add_argument("--template", action="store_true", help="print only the chat template")
+    show.add_argument("--parameters", action="store_true", help="print only the default sampling parameters")
+    rm = commands.add_parser("rm", help="delete pulled models from the local store")
+    rm.add_argument("names", nargs="+", metavar="MODEL")
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
-    bench.add_argument("model", help="a .gguf file, an HF checkpoint directory or a local model name")
+    bench.add_argument("model", help=_MODEL_HELP)
     bench.add_argument("--prompt-tokens", type=int, default=512)
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=3)
@@ -56,47 +78,145 @@ def _add_load_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--quant", choices=["int8", "int4"], help="weight-only quantization (CPU)")
     command.add_argument("--quant-group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
     command.add_argument("--threads", type=int, help="CPU threads (default: all cores torch sees)")
+    command.add_argument("--ctx", type=int, help=f"context length (default: the model's, at most {DEFAULT_CONTEXT})")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Model:
+    """Load with a progress bar on a terminal; refused up front (with a hint) when it will not fit."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
     if args.threads is not None:
         if args.threads < 1:
             raise InvalidRequestError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return load(
-        args.model, dtype=args.dtype, device=args.device, quant=args.quant, quant_group_size=args.quant_group_size
-    )
+    if args.ctx is not None and args.ctx < 1:
+        raise InvalidRequestError(f"--ctx must be a positive number of tokens, got {args.ctx}")
+    options = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "quant": args.quant,
+        "quant_group_size": args.quant_group_size,
+    }
+    context = args.ctx
+    if context is None:  # the model's own context, capped so the KV cache stays laptop-sized
+        planned = load(args.model, **{**options, "device": "meta"})
+        context = min(DEFAULT_CONTEXT, planned.config.max_position_embeddings)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("loading {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tensors"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(args.model, total=None)
+        return load(
+            args.model,
+            **options,
+            context_length=context,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    chosen = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repeat_penalty,
+    }
+    return {key: value for key, value in chosen.items() if value is not None}
+
+
+def _reasoning_style(args: argparse.Namespace, model: Model) -> tuple[str, bool]:
+    if args.reasoning_format == "auto":
+        return detect_style(model.tokenizer)
+    return args.reasoning_format, args.reasoning_format == "qwq-preview"
 
 
 def _run(args: argparse.Namespace) -> int:
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    if not prompt.strip():
+    from qwq.cli.repl import ChatSession, ChatSettings, run_chat
+
+    interactive = args.prompt is None and sys.stdin.isatty()
+    prompt = args.prompt if args.prompt is not None or interactive else sys.stdin.read()
+    if not interactive and not prompt.strip():
         print("error: no prompt given (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
+    started = time.perf_counter()
     model = _load(args)
+    load_seconds = time.perf_counter() - started
+    settings = ChatSettings(
+        sampling=_sampling(args),
+        seed=args.seed,
+        max_new_tokens=args.max_tokens,
+        system=args.system,
+        verbose=args.verbose,
+        hide_reasoning=args.hide_reasoning,
+    )
+    style = _reasoning_style(args, model)
+    if interactive:
+        return run_chat(ChatSession(model, settings, style, load_seconds))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}
     ]
-    stream = model.chat(
-        messages,
-        stream=True,
-        max_new_tokens=args.max_tokens,
-        seed=args.seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-    )
-    for piece in stream:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    asked = time.perf_counter()
+    stream = model.chat(messages, stream=True, max_new_tokens=args.max_tokens, seed=args.seed, **settings.sampling)
+    printer = ReplyPrinter(sys.stdout, None if args.hide_reasoning else sys.stderr, ReasoningSplitter(*style), False)
+    reply = printer.stream(stream)
+    if reply.reasoning and not reply.answer:
+        print(f"qwq: no final answer (the reply ended while reasoning: {reply.finish_reason})", file=sys.stderr)
+    if args.verbose:
+        print_stats(reply.stats, time.perf_counter() - asked + load_seconds, load_seconds)
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
     for name in args.names:
-        print(fetch(name))
+        print(pull(name))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    models = list_pulled()
+    width = max([len(m.name) for m in models] + [20]) + 2
+    print(f"{'NAME':<{width}}{'SIZE':>10}  {'MODIFIED':<17}  PATH")
+    for entry in models:
+        modified = entry.modified.strftime("%Y-%m-%d %H:%M")
+        print(f"{entry.name:<{width}}{entry.size_bytes / 1e9:>8.2f} GB  {modified:<17}  {entry.path}")
+    if not models:
+        known = ", ".join([*ALIASES, *CATALOG])
+        print(f"(no models pulled yet; known names: {known})", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    entry = lookup(args.model)
+    if entry is not None and not entry.pulled and entry.preset is not None and entry.split is None:
+        model = load(entry.preset, device="meta")  # describe the published architecture without downloading
+        model.source = f"{entry.name} (not pulled: {entry.description})"
+    else:
+        model = load(args.model, device="meta")
+    if args.template:
+        print(model.tokenizer.chat_template if model.tokenizer and model.tokenizer.chat_template else "(none)")
+        return 0
+    parameters = format_rows("Parameters", parameter_rows(model.generation_defaults))
+    if args.parameters:
+        print(parameters)
+        return 0
+    template = model.tokenizer.chat_template if model.tokenizer else None
+    first_lines = "\n".join(f"    {line}" for line in (template or "(pulled with the model)").splitlines()[:6])
+    sections = [format_rows("Model", info_rows(model)), parameters, f"  Chat template (--template)\n{first_lines}"]
+    print("\n\n".join(sections))
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    for name in args.names:
+        remove(name)
+        print(f"deleted '{name}'")
     return 0
 
 
@@ -139,10 +259,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    verbose = args.command == "pull" or getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.command == "pull" else logging.WARNING, format="%(message)s")
+    commands = {"run": _run, "pull": _pull, "list": _list, "show": _show, "rm": _rm, "bench": _bench}
     try:
-        return {"pull": _pull, "run": _run, "bench": _bench}[args.command](args)
+        return commands[args.command](args)
     except QwqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ CLI, the eval harness and the tests.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -97,23 +98,64 @@ def _decode(model: Qwen2ForCausalLM, prompt_ids: list[int], options: GenerateOpt
         position += 1
 
 
+@dataclass(frozen=True)
+class GenerationStats:
+    """Counts and durations in ollama's terms: the prompt's evaluation (prefill, up to the first new token)
+    and the evaluation of the new tokens; the rate counts the tokens decoded after the first."""
+
+    prompt_tokens: int
+    prompt_seconds: float
+    generated_tokens: int
+    generate_seconds: float
+
+    @property
+    def prompt_rate(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generate_rate(self) -> float:
+        return (self.generated_tokens - 1) / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
 class TextStream:
-    """Iterates the text pieces of a generation; `finish_reason` and `token_ids` are set when it ends.
+    """Iterates the text pieces of a generation; `finish_reason`, `token_ids` and `stats` are set as it runs.
 
     finish_reason is "stop" (a stop token or stop string) or "length" (max_new_tokens reached).
     """
 
-    def __init__(self, tokens: Generator[int, None, None], tokenizer: Tokenizer, options: GenerateOptions) -> None:
+    def __init__(
+        self,
+        tokens: Generator[int, None, None],
+        tokenizer: Tokenizer,
+        options: GenerateOptions,
+        prompt_tokens: int = 0,
+    ) -> None:
         self._tokens = tokens
         self._detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=True)
         self._stops = StopStringMatcher(options.stop)
         self._stop_ids = set() if options.ignore_eos else set(options.stop_token_ids)
+        self.prompt_tokens = prompt_tokens
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
+        self._started = self._first_token = self._last_token = 0.0  # perf_counter times
+
+    @property
+    def stats(self) -> GenerationStats:
+        """The timings so far; the first new token's time counts toward the prompt, as ollama counts it."""
+        return GenerationStats(
+            prompt_tokens=self.prompt_tokens,
+            prompt_seconds=self._first_token - self._started,
+            generated_tokens=len(self.token_ids),
+            generate_seconds=self._last_token - self._first_token,
+        )
 
     def __iter__(self) -> Iterator[str]:
         finish = "length"
+        self._started = time.perf_counter()
         for token in self._tokens:
+            self._last_token = time.perf_counter()
+            if not self.token_ids:
+                self._first_token = self._last_token
             self.token_ids.append(token)
             if token in self._stop_ids:
                 finish = "stop"

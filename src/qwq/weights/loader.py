@@ -7,7 +7,7 @@ near the size of the final weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -51,7 +51,9 @@ def load_weights(
     source: str,
     dtype: torch.dtype,
     device: torch.device,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Qwen2ForCausalLM:
+    """Assign every tensor into `model` (built on meta); `progress(done, total)` is called after each."""
     expected = expected_shapes(model)
     tied = model.config.tie_word_embeddings
     quantized_head = isinstance(model.lm_head, QuantizedLinear)
@@ -73,6 +75,8 @@ def load_weights(
         if tied and quantized_head and name == "model.embed_tokens.weight":
             model.lm_head.set_weight(tensor.to(device))
         loaded.add(name)
+        if progress is not None:
+            progress(len(loaded), len(expected))
     missing = sorted(set(expected) - loaded)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

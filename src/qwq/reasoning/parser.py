@@ -1,0 +1,119 @@
+"""Splitting a reasoning model's streamed reply into its reasoning and its final answer, as vLLM's reasoning
+parsers do, piece by piece (a tag split across pieces is held back until it is complete or ruled out).
+
+Styles:
+- "think": `<think>reasoning</think>answer` (QwQ-32B, DeepSeek-R1 distills). The opening tag may be in the
+  prompt (the chat template ends with `<think>`), in which case the reply starts inside the reasoning.
+  Replies that do not open with `<think>` are all answer, so a plain chat model passes through untouched.
+- "qwq-preview": QwQ-32B-Preview reasons in plain text and then writes a `**Final Answer**` heading; the
+  reasoning is everything before the first such heading and the answer everything after it.
+- "none": no splitting; everything is answer.
+A reply that ends while still reasoning (no closing tag or heading) has an empty answer: the model gave no
+final answer, and we say so rather than relabel its reasoning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qwq.tokenizer.tokenizer import Tokenizer
+
+STYLES = ("think", "qwq-preview", "none")
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_FINAL_ANSWER = "**Final Answer"
+_QWQ_PREVIEW_HINT = "You should think step-by-step"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The new text of one push: the part that belongs to the reasoning and the part that is the answer."""
+
+    reasoning: str = ""
+    answer: str = ""
+
+
+class ReasoningSplitter:
+    def __init__(self, style: str = "think", starts_in_reasoning: bool = False) -> None:
+        if style not in STYLES:
+            raise ValueError(f"reasoning style must be one of {STYLES}, got {style!r}")
+        self.style = style
+        self._state = "reasoning" if style == "qwq-preview" or starts_in_reasoning else "start"
+        if style == "none":
+            self._state = "answer"
+        self._close = _FINAL_ANSWER if style == "qwq-preview" else _THINK_CLOSE
+        self._strip = " \t\r\n*:" if style == "qwq-preview" else " \t\r\n"
+        self._held = ""
+        self._answer_started = False
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self._state == "reasoning"
+
+    def push(self, text: str) -> Delta:
+        self._held += text
+        reasoning, answer = [], []
+        while self._held:
+            if self._state == "start":
+                stripped = self._held.lstrip()
+                if stripped and _THINK_OPEN.startswith(stripped):
+                    break  # could still become "<think>"
+                if stripped.startswith(_THINK_OPEN):
+                    self._held = stripped[len(_THINK_OPEN) :].lstrip("\n")
+                    self._state = "reasoning"
+                elif stripped:
+                    self._state = "answer"
+                else:
+                    break
+            elif self._state == "reasoning":
+                index = self._held.find(self._close)
+                if index >= 0:
+                    reasoning.append(self._held[:index])
+                    self._held = self._held[index + len(self._close) :]
+                    self._state = "answer"
+                    continue
+                keep = _partial_suffix(self._held, self._close)
+                reasoning.append(self._held[: len(self._held) - keep])
+                self._held = self._held[len(self._held) - keep :]
+                break
+            else:
+                if not self._answer_started:
+                    self._held = self._held.lstrip(self._strip)
+                    if not self._held:
+                        break
+                    self._answer_started = True
+                answer.append(self._held)
+                self._held = ""
+        return Delta("".join(reasoning), "".join(answer))
+
+    def flush(self) -> Delta:
+        """The text still held back, once the reply has ended."""
+        held, self._held = self._held, ""
+        if self._state == "reasoning":
+            return Delta(reasoning=held)
+        return Delta(answer=held.strip() if self._state == "start" else held)
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that is a proper beginning of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+def split_reasoning(text: str, style: str = "think", starts_in_reasoning: bool = False) -> Delta:
+    """A whole reply split at once (the same result as streaming it through a ReasoningSplitter)."""
+    splitter = ReasoningSplitter(style, starts_in_reasoning)
+    first, rest = splitter.push(text), splitter.flush()
+    return Delta(first.reasoning + rest.reasoning, first.answer + rest.answer)
+
+
+def detect_style(tokenizer: Tokenizer) -> tuple[str, bool]:
+    """The reasoning style of a model, and whether its replies start inside the reasoning (the chat template
+    opens `<think>` in the prompt), judged from its vocabulary and chat template."""
+    if tokenizer.token_id(_THINK_CLOSE) is not None:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True)
+        return "think", prompt.rstrip().endswith(_THINK_OPEN)
+    if _QWQ_PREVIEW_HINT in (tokenizer.chat_template or ""):
+        return "qwq-preview", True
+    return "think", False
