@@ -111,16 +111,19 @@ class Model:
             )
         return room
 
-    def _options(
+    def generation_options(
         self,
         prompt_length: int,
-        max_new_tokens: int | None,
-        stop: Sequence[str] | str | None,
-        stop_token_ids: Sequence[int] | None,
-        ignore_eos: bool,
-        seed: int | None,
-        sampling: dict[str, Any],
+        max_new_tokens: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+        ignore_eos: bool = False,
+        seed: int | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> GenerateOptions:
+        """One request's options, checked: unset sampling keys take the checkpoint's defaults and an unset
+        budget fills the rest of the context."""
+        sampling = sampling or {}
         unknown = set(sampling) - set(_SAMPLING_KEYS)
         if unknown:
             raise InvalidRequestError(f"unknown sampling parameters: {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
@@ -156,7 +159,7 @@ class Model:
         """New token ids after `ids` (the stop token included when one ends it). Sampling keys default to the
         checkpoint's generation config; pass temperature=0 for greedy."""
         self._require_weights()
-        options = self._options(len(ids), max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
+        options = self.generation_options(len(ids), max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
         return list(generate_tokens(self.network, ids, options, self.context_length))
 
     def chat(
@@ -175,7 +178,7 @@ class Model:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        options = self._options(len(prompt_ids), max_new_tokens, stop, None, False, seed, sampling)
+        options = self.generation_options(len(prompt_ids), max_new_tokens, stop, None, False, seed, sampling)
         tokens = generate_tokens(self.network, prompt_ids, options, self.context_length)
         text = TextStream(tokens, tokenizer, options, prompt_tokens=len(prompt_ids))
         return text if stream else "".join(text)

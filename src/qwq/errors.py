@@ -44,3 +44,15 @@ class InsufficientMemoryError(QwqError):
     """A model would not fit in the memory available, found before any weight is read."""
 
     http_status = 507
+
+
+class ServerBusyError(QwqError):
+    """The server's waiting line is full; the client should retry later."""
+
+    http_status = 503
+
+
+class ModelNotFoundError(QwqError):
+    """A request named a model this server does not run."""
+
+    http_status = 404

@@ -84,13 +84,14 @@ def test_bad_commands_are_one_line_errors_and_the_session_goes_on(chat):
         seen = _say(chat, line, message)
         assert "Traceback" not in seen
     _say(chat, "/set parameter seed 3", "Set parameter 'seed' to '3'")
+    _say(chat, "/clear", "Cleared session context")
 
 
 def test_ctrl_c_at_the_prompt_keeps_the_session_and_ctrl_d_leaves(chat):
     chat.sendcontrol("c")
     chat.expect("Use Ctrl \\+ d or /bye to exit.")
     chat.expect(PROMPT)
-    _say(chat, "/set system \"You are terse.\"", "Set system message.")
+    _say(chat, '/set system "You are terse."', "Set system message.")
     _say(chat, "/show system", "You are terse.")
     chat.sendcontrol("d")
     chat.expect(pexpect.EOF)

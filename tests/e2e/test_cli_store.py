@@ -104,7 +104,13 @@ def test_memory_check_refuses_before_loading_and_hints_at_int4(gguf_path):
     _one_line_error(refused, "only 2.5 GiB is available")
     assert "try --quant int4" in refused.stderr
     quantized = _qwq(
-        "run", str(gguf_path), "What is 2+3? Reply with only the number.", "--quant", "int4", "--temperature", "0",
+        "run",
+        str(gguf_path),
+        "What is 2+3? Reply with only the number.",
+        "--quant",
+        "int4",
+        "--temperature",
+        "0",
         QWQ_MAX_MEMORY_GIB="2.5",
     )
     assert quantized.returncode == 0, quantized.stderr

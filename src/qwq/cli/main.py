@@ -1,4 +1,4 @@
-"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `bench`.
+"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `serve`, `bench`.
 
 The CLI is a client of the same Python API everyone else uses; it is the only place that configures
 logging and prints. Errors are one line on stderr with a non-zero exit code, never a traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -61,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--parameters", action="store_true", help="print only the default sampling parameters")
     rm = commands.add_parser("rm", help="delete pulled models from the local store")
     rm.add_argument("names", nargs="+", metavar="MODEL")
+    serve = commands.add_parser("serve", help="serve OpenAI- and Ollama-compatible APIs and a web chat page")
+    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=_MODEL_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=11435)
+    serve.add_argument("--api-key", default=os.environ.get("QWQ_API_KEY"), help="require this bearer key (QWQ_API_KEY)")
+    serve.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
+    serve.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV-cache slots)")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
+    serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
+    _add_load_options(serve)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
     bench.add_argument("model", help=_MODEL_HELP)
     bench.add_argument("--prompt-tokens", type=int, default=512)
@@ -213,6 +224,28 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from qwq.server.run import serve
+
+    if args.max_batch < 1 or args.max_queue < 0:
+        raise InvalidRequestError("--max-batch must be at least 1 and --max-queue at least 0")
+    started = time.perf_counter()
+    model = _load(args)
+    logging.getLogger("qwq").setLevel(logging.INFO)
+    return serve(
+        model,
+        args.model,
+        _reasoning_style(args, model),
+        time.perf_counter() - started,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
+
+
 def _rm(args: argparse.Namespace) -> int:
     for name in args.names:
         remove(name)
@@ -260,7 +293,7 @@ def _bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command == "pull" else logging.WARNING, format="%(message)s")
-    commands = {"run": _run, "pull": _pull, "list": _list, "show": _show, "rm": _rm, "bench": _bench}
+    commands = {"run": _run, "pull": _pull, "list": _list, "show": _show, "rm": _rm, "serve": _serve, "bench": _bench}
     try:
         return commands[args.command](args)
     except QwqError as exc:

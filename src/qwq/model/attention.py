@@ -32,16 +32,20 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         end: int,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, hidden); mask: (T, end) booleans, True where a query may attend to a key, or None
-        for one query (attends to everything) or a whole sequence from position 0 (plain causal)."""
+        """x: (B, T, hidden); mask: (T, end) or (B, 1, T, end) booleans, True where a query may attend to a
+        key, or None for one query (attends to everything) or a whole sequence from position 0 (plain
+        causal). With `slots` (B,), row b uses KV-cache slot slots[b] and `positions` is (B, T)."""
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if self.kv_cache is not None:
+        if slots is not None:
+            k, v = self.kv_cache.update_slots(slots, positions, k, v, end)  # (B, Hkv, end, D)
+        elif self.kv_cache is not None:
             k, v = self.kv_cache.update(positions, k, v, end)  # (B, Hkv, end, D)
         causal = mask is None and seq > 1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)  # (B, H, T, D)

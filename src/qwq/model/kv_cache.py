@@ -35,3 +35,12 @@ class KVCache(nn.Module):
         self.k.index_copy_(2, positions, k)
         self.v.index_copy_(2, positions, v)
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def update_slots(
+        self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continuous batching: row b of k, v (B, Hkv, T, D) goes to cache slot `slots[b]` at `positions[b]`
+        (B, T); returns those slots' first `end` positions, (B, Hkv, end, D)."""
+        self.k[slots[:, None], :, positions] = k.transpose(1, 2)  # indexed view: (B, T, Hkv, D)
+        self.v[slots[:, None], :, positions] = v.transpose(1, 2)
+        return self.k[slots, :, :end], self.v[slots, :, :end]

@@ -42,8 +42,9 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         end: int,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end, slots)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -108,3 +109,27 @@ class Qwen2ForCausalLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))
+
+    def forward_slots(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Continuous batching: row b of input_ids (B, T) sits at `positions[b]` (B, T) of KV-cache slot
+        `slots[b]`; returns the logits of each row's last position, (B, vocab).
+
+        Used for one prompt at a time (B = 1) and for a decode step of every running sequence (T = 1).
+        A single sequence gets the same unmasked (or plainly causal) attention as `forward`, so one request
+        alone computes exactly what the single-stream path computes.
+        """
+        batch, seq = input_ids.shape
+        end = int(positions.max()) + 1
+        if end > self.cache_len:
+            raise InvalidRequestError(f"position {end - 1} is past the KV cache's {self.cache_len} positions")
+        x = self.model.embed_tokens(input_ids)  # (B, T, hidden)
+        cos, sin = self.model.rotary_emb(positions.reshape(-1), x.dtype)  # (B*T, D)
+        cos, sin = cos.view(batch, 1, seq, -1), sin.view(batch, 1, seq, -1)  # (B, 1, T, D)
+        if batch == 1 and (seq == end or seq == 1):
+            mask = None  # one sequence: everything before it (T = 1) or plainly causal from 0 (T = end)
+        else:
+            keys = torch.arange(end, device=input_ids.device)
+            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, end)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, positions, mask, end, slots)
+        return self.lm_head(self.model.norm(x[:, -1]))  # (B, vocab)

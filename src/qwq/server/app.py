@@ -1,0 +1,155 @@
+"""The HTTP server of `qwq serve`: one model loaded once, shared by the OpenAI and Ollama dialects through
+the batching engine; loopback by default, optional API key, request size limit, CORS only when asked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qwq.errors import QwqError, ServerBusyError
+from qwq.server import ollama_routes, openai_routes
+from qwq.server.service import Service
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 << 20  # 4 MiB: far above any prompt that fits a 32k context
+STATIC = Path(__file__).parent / "static"
+RETRY_AFTER_S = "2"
+
+
+def _error(
+    request: Request, status: int, message: str, field: str | None = None, kind: str | None = None
+) -> JSONResponse:
+    """OpenAI's error object on /v1, Ollama's {"error": ...} elsewhere."""
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    if request.url.path.startswith("/v1"):
+        error_type = kind or ("invalid_request_error" if status < 500 else "server_error")
+        body: dict[str, Any] = {"error": {"message": message, "type": error_type, "param": field, "code": None}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    field = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('msg')}", None
+    return f"{field or 'body'}: {first.get('msg')}", field
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: refuse bodies larger than `limit` bytes, declared or streamed; read every POST
+    body as JSON."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if scope["method"] == "POST" and b"json" not in headers.get(b"content-type", b""):
+            # ollama reads every body as JSON whatever its content type (curl -d sends a form type)
+            scope = {
+                **scope,
+                "headers": [
+                    *((k, v) for k, v in scope["headers"] if k != b"content-type"),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope, send) -> None:
+        path = scope.get("path", "")
+        message = f"request body exceeds {self.limit} bytes"
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        payload = json.dumps(body if path.startswith("/v1") else {"error": message}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    service: Service, api_key: str | None = None, cors_origins: list[str] | None = None, max_body: int = MAX_BODY_BYTES
+) -> FastAPI:
+    app = FastAPI(title="qwq", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    app.state.model_names = {service.name, *service.aliases}
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        if api_key and (request.url.path.startswith("/v1") or request.url.path.startswith("/api")):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(
+                    request,
+                    401,
+                    "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                    kind="authentication_error",
+                )
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return _error(request, 400, message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "request body is not valid JSON (or not UTF-8)"
+        return _error(request, exc.status_code, detail)
+
+    @app.exception_handler(QwqError)
+    async def refused(request: Request, exc: QwqError) -> JSONResponse:
+        field = str(exc).split(":", 1)[0] if ":" in str(exc) and " " not in str(exc).split(":", 1)[0] else None
+        kind = "model_not_found" if exc.http_status == 404 else None
+        if isinstance(exc, ServerBusyError):
+            return _error(request, 503, str(exc), kind="server_busy")
+        return _error(request, exc.http_status, str(exc), field, kind)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        running, waiting = service.engine.load
+        return {"status": "ok", "model": service.name, "running": running, "waiting": waiting}
+
+    app.include_router(openai_routes.router)
+    app.include_router(ollama_routes.router)
+    if STATIC.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(_BodyLimit, limit=max_body)
+    return app

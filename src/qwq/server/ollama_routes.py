@@ -1,0 +1,273 @@
+"""The Ollama-compatible API: /api/chat, /api/generate (NDJSON streaming, `options`, `think`, durations in
+nanoseconds), /api/tags, /api/show, /api/ps, /api/version."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from qwq import __version__
+from qwq.cli.info import storage_description
+from qwq.errors import ModelNotFoundError
+from qwq.server.service import Piece, Service
+
+router = APIRouter(prefix="/api")
+
+# ollama's option names -> our sampling names; num_ctx is a load-time choice here (`qwq serve --ctx`)
+_OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    num_predict: int | None = None
+    num_ctx: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        return {ours: getattr(self, theirs) for theirs, ours in _OPTION_NAMES.items()}
+
+    def max_tokens(self) -> int | None:
+        return None if self.num_predict is None or self.num_predict < 0 else self.num_predict
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str = ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+    think: bool | None = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    stream: bool = True
+    options: Options = Field(default_factory=Options)
+    think: bool | None = None
+
+
+class ShowRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    name: str | None = None  # older clients
+
+
+def _service(request: Request, model: str) -> Service:
+    service: Service = request.app.state.service
+    if model not in request.app.state.model_names:
+        raise ModelNotFoundError(f"model '{model}' not found; this server runs '{service.name}'")
+    return service
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _final_fields(piece: Piece) -> dict[str, Any]:
+    stats = piece.stats
+    return {
+        "done": True,
+        "done_reason": piece.finish_reason,
+        "total_duration": int((stats.prompt_seconds + stats.generate_seconds) * 1e9),
+        "load_duration": 0,
+        "prompt_eval_count": piece.prompt_tokens,
+        "prompt_eval_duration": int(stats.prompt_seconds * 1e9),
+        "eval_count": piece.completion_tokens,
+        "eval_duration": int(stats.generate_seconds * 1e9),
+    }
+
+
+def _run(service: Service, prompt: list[int], options: Options, think: bool | None) -> tuple[Any, Any]:
+    """Submit now (bad requests fail before a response starts); the pieces as (text, thinking, piece).
+    With `think` the reasoning goes to `thinking`; otherwise it stays inline in the text, as ollama does."""
+    max_tokens = options.max_tokens()
+    generate_options = service.options(prompt, max_tokens, options.stop, options.seed, options.sampling())
+    batch_request = service.submit(prompt, generate_options, None)
+    split = bool(think)
+
+    def pieces() -> Iterator[tuple[str, str, Piece]]:
+        for piece in service.pieces(batch_request, split_reasoning=split):
+            text = piece.answer if split else piece.reasoning + piece.answer
+            yield text, piece.reasoning if split else "", piece
+
+    return pieces, batch_request
+
+
+def _respond(service: Service, model: str, stream: bool, pieces, batch_request, shape):
+    """NDJSON lines (stream) or one object, each body shaped by `shape(text, thinking)`."""
+    if not stream:
+        texts, thoughts, last = [], [], None
+        for text, thinking, piece in pieces():
+            texts.append(text)
+            thoughts.append(thinking)
+            last = piece
+        return {"model": model, "created_at": _now(), **shape("".join(texts), "".join(thoughts)), **_final_fields(last)}
+
+    def lines() -> Iterator[str]:
+        try:
+            for text, thinking, piece in pieces():
+                if text or thinking:
+                    yield (
+                        json.dumps({"model": model, "created_at": _now(), **shape(text, thinking), "done": False})
+                        + "\n"
+                    )
+                if piece.finish_reason is not None:
+                    final = {"model": model, "created_at": _now(), **shape("", ""), **_final_fields(piece)}
+                    yield json.dumps(final) + "\n"
+        finally:
+            batch_request.cancelled.set()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.post("/chat")
+def chat(body: ChatRequest, request: Request):
+    service = _service(request, body.model)
+    prompt = service.chat_prompt([{"role": m.role, "content": m.content} for m in body.messages])
+    pieces, batch_request = _run(service, prompt, body.options, body.think)
+
+    def shape(text: str, thinking: str) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        return {"message": message}
+
+    return _respond(service, body.model, body.stream, pieces, batch_request, shape)
+
+
+@router.post("/generate")
+def generate(body: GenerateRequest, request: Request):
+    service = _service(request, body.model)
+    if body.raw:
+        prompt = service.text_prompt(body.prompt)
+    else:
+        system = [{"role": "system", "content": body.system}] if body.system else []
+        prompt = service.chat_prompt([*system, {"role": "user", "content": body.prompt}])
+    pieces, batch_request = _run(service, prompt, body.options, body.think)
+
+    def shape(text: str, thinking: str) -> dict[str, Any]:
+        return {"response": text, **({"thinking": thinking} if thinking else {})}
+
+    return _respond(service, body.model, body.stream, pieces, batch_request, shape)
+
+
+def _details(service: Service) -> dict[str, Any]:
+    model = service.model
+    return {
+        "format": "gguf" if Path(model.source).is_file() else "safetensors",
+        "family": "qwen2",
+        "families": ["qwen2"],
+        "parameter_size": f"{model.num_parameters() / 1e9:.1f}B",
+        "quantization_level": model.quantization or str(model.dtype).removeprefix("torch."),
+    }
+
+
+def _entry(service: Service) -> dict[str, Any]:
+    path = Path(service.model.source)
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "name": service.name,
+        "model": service.name,
+        "modified_at": modified,
+        "size": size,
+        "digest": "",
+        "details": _details(service),
+    }
+
+
+@router.get("/tags")
+def tags(request: Request) -> dict[str, Any]:
+    return {"models": [_entry(request.app.state.service)]}
+
+
+@router.get("/ps")
+def running(request: Request) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    return {
+        "models": [
+            {
+                **_entry(service),
+                "expires_at": "9999-12-31T23:59:59Z",
+                "size_vram": 0,
+                "context_length": service.model.context_length,
+            }
+        ]
+    }
+
+
+@router.get("/version")
+def version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.post("/show")
+def show(body: ShowRequest, request: Request) -> dict[str, Any]:
+    service = _service(request, body.model or body.name or "")
+    model = service.model
+    config = model.config
+    defaults = model.generation_defaults
+    parameters = "\n".join(
+        [
+            f"temperature {defaults.temperature:g}",
+            f"top_p {defaults.top_p:g}",
+            f"top_k {defaults.top_k}",
+            f"repeat_penalty {defaults.repetition_penalty:g}",
+            *(f'stop "{model.tokenizer.decode([i])}"' for i in defaults.eos_token_ids),
+        ]
+    )
+    info = {
+        "general.architecture": "qwen2",
+        "general.parameter_count": model.num_parameters(),
+        "qwen2.context_length": config.max_position_embeddings,
+        "qwen2.embedding_length": config.hidden_size,
+        "qwen2.block_count": config.num_hidden_layers,
+        "qwen2.attention.head_count": config.num_attention_heads,
+        "qwen2.attention.head_count_kv": config.num_key_value_heads,
+        "qwen2.feed_forward_length": config.intermediate_size,
+        "qwen2.rope.freq_base": config.rope_theta,
+        "qwq.storage": storage_description(model),
+    }
+    capabilities = ["completion"] + (["thinking"] if service.reasoning_style != ("think", False) else [])
+    return {
+        "modelfile": f"FROM {model.source}",
+        "parameters": parameters,
+        "template": model.tokenizer.chat_template or "",
+        "details": _details(service),
+        "model_info": info,
+        "capabilities": capabilities,
+        "modified_at": _entry(service)["modified_at"],
+    }

@@ -1,0 +1,267 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, with SSE streaming in the
+OpenAI chunk format, usage, logprobs, n choices, and the reasoning as `reasoning_content` (as vLLM does)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from qwq.errors import InvalidRequestError, ModelNotFoundError
+from qwq.server.service import Piece, Service
+
+router = APIRouter(prefix="/v1")
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[ContentPart] | None = None
+
+    def as_template_message(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=16)
+
+    def sampling(self) -> dict[str, Any]:
+        keys = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+        return {key: getattr(self, key) for key in keys}
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int]
+    max_tokens: int | None = Field(default=16, ge=1)  # the OpenAI API's default for completions
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+def _service(request: Request, model: str) -> Service:
+    service: Service = request.app.state.service
+    if model not in request.app.state.model_names:
+        raise ModelNotFoundError(f"model {model!r} is not served here; GET /v1/models lists {service.name!r}")
+    return service
+
+
+def _seed(seed: int | None, index: int) -> int | None:
+    return None if seed is None else seed + index
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _token_bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def _chat_logprobs(service: Service, piece: Piece, top: int | None) -> dict[str, Any] | None:
+    if top is None:
+        return None
+    entries = []
+    for event in piece.events:
+        token = service.token_text(event.token)
+        alternatives = [
+            {"token": (t := service.token_text(i)), "logprob": lp, "bytes": _token_bytes(t)}
+            for i, lp in event.top_logprobs
+        ]
+        entries.append(
+            {"token": token, "logprob": event.logprob, "bytes": _token_bytes(token), "top_logprobs": alternatives}
+        )
+    return {"content": entries}
+
+
+@router.get("/models")
+def list_models(request: Request) -> dict[str, Any]:
+    service: Service = request.app.state.service
+    return {
+        "object": "list",
+        "data": [{"id": service.name, "object": "model", "created": int(service.loaded_at), "owned_by": "qwq"}],
+    }
+
+
+@router.post("/chat/completions")
+def chat_completions(body: ChatCompletionRequest, request: Request):
+    service = _service(request, body.model)
+    prompt = service.chat_prompt([m.as_template_message() for m in body.messages])
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    submitted = []
+    for index in range(body.n):
+        options = service.options(prompt, max_tokens, body.stop, _seed(body.seed, index), body.sampling())
+        submitted.append(service.submit(prompt, options, top))
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    base = {"id": completion_id, "created": created, "model": body.model}
+
+    if not body.stream:
+        choices, completion_tokens = [], 0
+        for index, batch_request in enumerate(submitted):
+            reasoning, answer, logprobs, last = [], [], [], None
+            for piece in service.pieces(batch_request, split_reasoning=True):
+                reasoning.append(piece.reasoning)
+                answer.append(piece.answer)
+                if top is not None:
+                    logprobs.extend(_chat_logprobs(service, piece, top)["content"])
+                last = piece
+            completion_tokens += last.completion_tokens
+            message = {"role": "assistant", "content": "".join(answer), "reasoning_content": "".join(reasoning) or None}
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": {"content": logprobs} if top is not None else None,
+                    "finish_reason": last.finish_reason,
+                }
+            )
+        usage = _usage(len(prompt), completion_tokens)
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+
+    def events() -> Iterator[str]:
+        chunk = {**base, "object": "chat.completion.chunk"}
+        completion_tokens = 0
+        for index, batch_request in enumerate(submitted):
+            first = {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            yield _sse({**chunk, "choices": [first]})
+            for piece in service.pieces(batch_request, split_reasoning=True):
+                delta = {}
+                if piece.reasoning:
+                    delta["reasoning_content"] = piece.reasoning
+                if piece.answer:
+                    delta["content"] = piece.answer
+                if delta or piece.events and top is not None:
+                    choice = {"index": index, "delta": delta, "logprobs": _chat_logprobs(service, piece, top)}
+                    yield _sse({**chunk, "choices": [{**choice, "finish_reason": None}]})
+                if piece.finish_reason is not None:
+                    completion_tokens += piece.completion_tokens
+                    final = {"index": index, "delta": {}, "logprobs": None, "finish_reason": piece.finish_reason}
+                    yield _sse({**chunk, "choices": [final]})
+        if body.stream_options and body.stream_options.include_usage:
+            yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(_cancel_on_close(events(), submitted), media_type="text/event-stream")
+
+
+def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[str, list]:
+    tokens, values, tops, offsets = [], [], [], []
+    for event in piece.events:
+        text = service.token_text(event.token)
+        tokens.append(text)
+        values.append(event.logprob)
+        tops.append({service.token_text(i): lp for i, lp in event.top_logprobs})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+@router.post("/completions")
+def completions(body: CompletionRequest, request: Request):
+    service = _service(request, body.model)
+    prompt = service.text_prompt(body.prompt)
+    if not prompt:
+        raise InvalidRequestError("prompt: must not be empty")
+    submitted = []
+    for index in range(body.n):
+        options = service.options(prompt, body.max_tokens, body.stop, _seed(body.seed, index), body.sampling())
+        submitted.append(service.submit(prompt, options, body.logprobs))
+    base = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
+    }
+
+    if not body.stream:
+        choices, completion_tokens = [], 0
+        for index, batch_request in enumerate(submitted):
+            text, merged, last = [], {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}, None
+            for piece in service.pieces(batch_request, split_reasoning=False):
+                if body.logprobs is not None:
+                    for key, values in _completion_logprobs(service, piece, len("".join(text))).items():
+                        merged[key].extend(values)
+                text.append(piece.answer)
+                last = piece
+            completion_tokens += last.completion_tokens
+            logprobs = merged if body.logprobs is not None else None
+            choices.append(
+                {"index": index, "text": "".join(text), "logprobs": logprobs, "finish_reason": last.finish_reason}
+            )
+        return {**base, "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+
+    def events() -> Iterator[str]:
+        completion_tokens = 0
+        for index, batch_request in enumerate(submitted):
+            written = 0
+            for piece in service.pieces(batch_request, split_reasoning=False):
+                logprobs = _completion_logprobs(service, piece, written) if body.logprobs is not None else None
+                written += len(piece.answer)
+                if piece.answer or piece.finish_reason:
+                    choice = {
+                        "index": index,
+                        "text": piece.answer,
+                        "logprobs": logprobs,
+                        "finish_reason": piece.finish_reason,
+                    }
+                    yield _sse({**base, "choices": [choice]})
+                if piece.finish_reason:
+                    completion_tokens += piece.completion_tokens
+        if body.stream_options and body.stream_options.include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(_cancel_on_close(events(), submitted), media_type="text/event-stream")
+
+
+def _cancel_on_close(stream: Iterator[str], submitted: list) -> Iterator[str]:
+    """Pass the stream through; when the client goes away mid-stream, free every choice's slot at once."""
+    try:
+        yield from stream
+    finally:
+        for batch_request in submitted:
+            batch_request.cancelled.set()
