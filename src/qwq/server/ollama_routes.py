@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qwq import __version__
 from qwq.cli.info import storage_description
 from qwq.errors import ModelNotFoundError
-from qwq.server.service import Piece, Service
+from qwq.server.service import Piece, Service, stream_until_closed
 
 router = APIRouter(prefix="/api")
 
@@ -126,7 +126,7 @@ def _run(service: Service, prompt: list[int], options: Options, think: bool | No
     return pieces, batch_request
 
 
-def _respond(service: Service, model: str, stream: bool, pieces, batch_request, shape):
+def _respond(http_request: Request, model: str, stream: bool, pieces, batch_request, shape):
     """NDJSON lines (stream) or one object, each body shaped by `shape(text, thinking)`."""
     if not stream:
         texts, thoughts, last = [], [], None
@@ -137,20 +137,18 @@ def _respond(service: Service, model: str, stream: bool, pieces, batch_request, 
         return {"model": model, "created_at": _now(), **shape("".join(texts), "".join(thoughts)), **_final_fields(last)}
 
     def lines() -> Iterator[str]:
-        try:
-            for text, thinking, piece in pieces():
-                if text or thinking:
-                    yield (
-                        json.dumps({"model": model, "created_at": _now(), **shape(text, thinking), "done": False})
-                        + "\n"
-                    )
-                if piece.finish_reason is not None:
-                    final = {"model": model, "created_at": _now(), **shape("", ""), **_final_fields(piece)}
-                    yield json.dumps(final) + "\n"
-        finally:
-            batch_request.cancelled.set()
+        for text, thinking, piece in pieces():
+            if text or thinking:
+                yield (
+                    json.dumps({"model": model, "created_at": _now(), **shape(text, thinking), "done": False}) + "\n"
+                )
+            if piece.finish_reason is not None:
+                final = {"model": model, "created_at": _now(), **shape("", ""), **_final_fields(piece)}
+                yield json.dumps(final) + "\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(
+        stream_until_closed(lines(), [batch_request], http_request), media_type="application/x-ndjson"
+    )
 
 
 @router.post("/chat")
@@ -165,7 +163,7 @@ def chat(body: ChatRequest, request: Request):
             message["thinking"] = thinking
         return {"message": message}
 
-    return _respond(service, body.model, body.stream, pieces, batch_request, shape)
+    return _respond(request, body.model, body.stream, pieces, batch_request, shape)
 
 
 @router.post("/generate")
@@ -181,7 +179,7 @@ def generate(body: GenerateRequest, request: Request):
     def shape(text: str, thinking: str) -> dict[str, Any]:
         return {"response": text, **({"thinking": thinking} if thinking else {})}
 
-    return _respond(service, body.model, body.stream, pieces, batch_request, shape)
+    return _respond(request, body.model, body.stream, pieces, batch_request, shape)
 
 
 def _details(service: Service) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwq.errors import InvalidRequestError, ModelNotFoundError
-from qwq.server.service import Piece, Service
+from qwq.server.service import Piece, Service, stream_until_closed
 
 router = APIRouter(prefix="/v1")
 
@@ -185,7 +185,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request):
             yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(_cancel_on_close(events(), submitted), media_type="text/event-stream")
+    return StreamingResponse(stream_until_closed(events(), submitted, request), media_type="text/event-stream")
 
 
 def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[str, list]:
@@ -255,13 +255,4 @@ def completions(body: CompletionRequest, request: Request):
             yield _sse({**base, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(_cancel_on_close(events(), submitted), media_type="text/event-stream")
-
-
-def _cancel_on_close(stream: Iterator[str], submitted: list) -> Iterator[str]:
-    """Pass the stream through; when the client goes away mid-stream, free every choice's slot at once."""
-    try:
-        yield from stream
-    finally:
-        for batch_request in submitted:
-            batch_request.cancelled.set()
+    return StreamingResponse(stream_until_closed(events(), submitted, request), media_type="text/event-stream")

@@ -5,9 +5,12 @@ pieces (detokenized, stop strings applied, reasoning split from answer) with the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
+from starlette.requests import Request
 
 from qwq.api import Model
 from qwq.engine.batching import BatchEngine, BatchRequest, TokenEvent
@@ -109,3 +112,19 @@ class Service:
 
     def token_text(self, token: int) -> str:
         return self.model.tokenizer.decode([token])
+
+
+async def stream_until_closed(
+    lines: Iterator[str], requests: Sequence[BatchRequest], http_request: Request
+) -> AsyncIterator[str]:
+    """Serve a blocking line iterator from a worker thread until it ends or the client goes away (checked
+    before each line: the server does not fail a send to a closed connection); either way, cancel its
+    requests at once so their KV-cache slots free at the next step."""
+    try:
+        while (line := await anyio.to_thread.run_sync(next, lines, None)) is not None:
+            if await http_request.is_disconnected():
+                break
+            yield line
+    finally:
+        for request in requests:
+            request.cancelled.set()
