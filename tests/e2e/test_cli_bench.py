@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from gguf import GGMLQuantizationType as QType
 
+from cli_process import assert_one_line_error
+from cli_process import run_qwq as _qwq
 from tiny_checkpoints import write_gguf
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return write_gguf(tmp_path_factory.mktemp("bench") / "tiny.gguf", QType.Q8_0)
-
-
-def _qwq(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qwq.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_json_result_is_consistent(tiny_model):
@@ -63,6 +59,4 @@ def test_table_output(tiny_model):
     ],
 )
 def test_bad_options_are_one_line_errors(tiny_model, args, message):
-    result = _qwq("bench", str(tiny_model), *args)
-    assert result.returncode == 1
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert_one_line_error(_qwq("bench", str(tiny_model), *args), message)

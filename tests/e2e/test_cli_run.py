@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-
-def _qwq(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qwq.cli.main", *args], input=stdin, capture_output=True, text=True, timeout=600
-    )
+from cli_process import assert_one_line_error
+from cli_process import run_qwq as _qwq
 
 
 def test_one_shot_answer_on_stdout(gguf_path):
@@ -51,9 +45,4 @@ def test_prompt_from_stdin(gguf_path):
     ],
 )
 def test_errors_are_one_line_without_traceback(args, stdin, code, message):
-    result = _qwq(*args, stdin=stdin)
-    assert result.returncode == code
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stdout == ""
+    assert_one_line_error(_qwq(*args, stdin=stdin), message, code)

@@ -3,35 +3,14 @@ and one-shot output routing (answer on stdout, reasoning on stderr)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from qwq.local_models import LOCAL_MODELS
 
-
-def _qwq(*args: str, home=None, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, **env}
-    if home is not None:
-        environment["QWQ_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "qwq.cli.main", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=environment,
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+from cli_process import assert_one_line_error
+from cli_process import run_qwq as _qwq
 
 
 @pytest.fixture
@@ -61,7 +40,7 @@ def test_list_show_rm(store):
     removed = _qwq("rm", "qwen2.5-coder:0.5b", home=store)
     assert removed.returncode == 0, removed.stderr
     assert _qwq("list", home=store).stdout.strip().splitlines()[1:] == []
-    _one_line_error(_qwq("rm", "qwen2.5-coder:0.5b", home=store), "is not pulled: nothing to remove")
+    assert_one_line_error(_qwq("rm", "qwen2.5-coder:0.5b", home=store), "is not pulled: nothing to remove")
 
 
 def test_show_describes_qwq_before_it_is_pulled(tmp_path):
@@ -74,11 +53,11 @@ def test_show_describes_qwq_before_it_is_pulled(tmp_path):
 def test_pull_without_network_fails_fast_and_says_what_to_do(tmp_path):
     started = time.monotonic()
     result = _qwq("pull", "hf.co/Qwen/Qwen2.5-0.5B-Instruct", home=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
-    _one_line_error(result, "cannot reach the Hugging Face Hub for Qwen/Qwen2.5-0.5B-Instruct")
+    assert_one_line_error(result, "cannot reach the Hugging Face Hub for Qwen/Qwen2.5-0.5B-Instruct")
     assert "qwq run /path/to/model.gguf" in result.stderr
     assert time.monotonic() - started < 60
     run = _qwq("run", "qwq", "hi", home=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # run pulls, as ollama does
-    _one_line_error(run, "cannot reach the Hugging Face Hub for Qwen/QwQ-32B-Preview")
+    assert_one_line_error(run, "cannot reach the Hugging Face Hub for Qwen/QwQ-32B-Preview")
 
 
 @pytest.mark.parametrize(
@@ -90,18 +69,18 @@ def test_pull_without_network_fails_fast_and_says_what_to_do(tmp_path):
     ],
 )
 def test_bad_names_are_one_line_errors(tmp_path, args, message):
-    _one_line_error(_qwq(*args, home=tmp_path), message)
+    assert_one_line_error(_qwq(*args, home=tmp_path), message)
 
 
-def test_corrupt_file_is_a_one_line_error(tmp_path):
+def test_corrupt_file_is_aassert_one_line_error(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    _one_line_error(_qwq("run", str(bad), "hi"), str(bad))
+    assert_one_line_error(_qwq("run", str(bad), "hi"), str(bad))
 
 
 def test_memory_check_refuses_before_loading_and_hints_at_int4(gguf_path):
     refused = _qwq("run", str(gguf_path), "hi", QWQ_MAX_MEMORY_GIB="2.5")
-    _one_line_error(refused, "only 2.5 GiB is available")
+    assert_one_line_error(refused, "only 2.5 GiB is available")
     assert "try --quant int4" in refused.stderr
     quantized = _qwq(
         "run",

@@ -109,10 +109,6 @@ def _load(args: argparse.Namespace) -> Model:
         "quant": args.quant,
         "quant_group_size": args.quant_group_size,
     }
-    context = args.ctx
-    if context is None:  # the model's own context, capped so the KV cache stays laptop-sized
-        planned = load(args.model, **{**options, "device": "meta"})
-        context = min(DEFAULT_CONTEXT, planned.config.max_position_embeddings)
     console = Console(stderr=True)
     with Progress(
         TextColumn("loading {task.description}"),
@@ -126,7 +122,8 @@ def _load(args: argparse.Namespace) -> Model:
         return load(
             args.model,
             **options,
-            context_length=context,
+            context_length=args.ctx,
+            default_context_length=DEFAULT_CONTEXT,  # laptop-sized KV cache unless --ctx says otherwise
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwq.errors import QwqError, ServerBusyError
@@ -23,7 +21,6 @@ from qwq.server.service import Service
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 << 20  # 4 MiB: far above any prompt that fits a 32k context
-STATIC = Path(__file__).parent / "static"
 RETRY_AFTER_S = "2"
 
 
@@ -147,8 +144,6 @@ def create_app(
 
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
-    if STATIC.is_dir():
-        app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(_BodyLimit, limit=max_body)

@@ -110,52 +110,47 @@ def _final_fields(piece: Piece) -> dict[str, Any]:
     }
 
 
-def _run(service: Service, prompt: list[int], options: Options, think: bool | None) -> tuple[Any, Any]:
-    """Submit now (bad requests fail before a response starts); the pieces as (text, thinking, piece).
-    With `think` the reasoning goes to `thinking`; otherwise it stays inline in the text, as ollama does."""
-    max_tokens = options.max_tokens()
-    generate_options = service.options(prompt, max_tokens, options.stop, options.seed, options.sampling())
+def _answer(
+    http_request: Request, service: Service, model: str, prompt: list[int], body: ChatRequest | GenerateRequest, shape
+):
+    """Submit now (bad requests fail before a response starts), then answer with NDJSON lines (stream) or one
+    object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
+    otherwise it stays inline in the text, as ollama does."""
+    options = body.options
+    generate_options = service.options(prompt, options.max_tokens(), options.stop, options.seed, options.sampling())
     batch_request = service.submit(prompt, generate_options, None)
-    split = bool(think)
+    split = bool(body.think)
 
     def pieces() -> Iterator[tuple[str, str, Piece]]:
         for piece in service.pieces(batch_request, split_reasoning=split):
-            text = piece.answer if split else piece.reasoning + piece.answer
-            yield text, piece.reasoning if split else "", piece
+            yield (piece.answer, piece.reasoning, piece) if split else (piece.reasoning + piece.answer, "", piece)
 
-    return pieces, batch_request
+    def message(text: str, thinking: str, **fields: Any) -> dict[str, Any]:
+        return {"model": model, "created_at": _now(), **shape(text, thinking), **fields}
 
-
-def _respond(http_request: Request, model: str, stream: bool, pieces, batch_request, shape):
-    """NDJSON lines (stream) or one object, each body shaped by `shape(text, thinking)`."""
-    if not stream:
+    if not body.stream:
         texts, thoughts, last = [], [], None
         for text, thinking, piece in pieces():
             texts.append(text)
             thoughts.append(thinking)
             last = piece
-        return {"model": model, "created_at": _now(), **shape("".join(texts), "".join(thoughts)), **_final_fields(last)}
+        return message("".join(texts), "".join(thoughts), **_final_fields(last))
 
     def lines() -> Iterator[str]:
         for text, thinking, piece in pieces():
             if text or thinking:
-                yield (
-                    json.dumps({"model": model, "created_at": _now(), **shape(text, thinking), "done": False}) + "\n"
-                )
+                yield json.dumps(message(text, thinking, done=False)) + "\n"
             if piece.finish_reason is not None:
-                final = {"model": model, "created_at": _now(), **shape("", ""), **_final_fields(piece)}
-                yield json.dumps(final) + "\n"
+                yield json.dumps(message("", "", **_final_fields(piece))) + "\n"
 
-    return StreamingResponse(
-        stream_until_closed(lines(), [batch_request], http_request), media_type="application/x-ndjson"
-    )
+    stream = stream_until_closed(lines(), [batch_request], http_request)
+    return StreamingResponse(stream, media_type="application/x-ndjson")
 
 
 @router.post("/chat")
 def chat(body: ChatRequest, request: Request):
     service = _service(request, body.model)
     prompt = service.chat_prompt([{"role": m.role, "content": m.content} for m in body.messages])
-    pieces, batch_request = _run(service, prompt, body.options, body.think)
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}
@@ -163,7 +158,7 @@ def chat(body: ChatRequest, request: Request):
             message["thinking"] = thinking
         return {"message": message}
 
-    return _respond(request, body.model, body.stream, pieces, batch_request, shape)
+    return _answer(request, service, body.model, prompt, body, shape)
 
 
 @router.post("/generate")
@@ -174,12 +169,11 @@ def generate(body: GenerateRequest, request: Request):
     else:
         system = [{"role": "system", "content": body.system}] if body.system else []
         prompt = service.chat_prompt([*system, {"role": "user", "content": body.prompt}])
-    pieces, batch_request = _run(service, prompt, body.options, body.think)
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
         return {"response": text, **({"thinking": thinking} if thinking else {})}
 
-    return _respond(request, body.model, body.stream, pieces, batch_request, shape)
+    return _answer(request, service, body.model, prompt, body, shape)
 
 
 def _details(service: Service) -> dict[str, Any]:

@@ -59,14 +59,12 @@ class Service:
         seed: int | None,
         sampling: dict[str, Any],
     ) -> GenerateOptions:
-        if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
-            raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
+        """Checked options; the context check is also made here so that its error names the request's field."""
         if max_tokens is not None and len(prompt_ids) + max_tokens > self.model.context_length:
             raise InvalidRequestError(
                 f"max_tokens: the prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
                 f"context length of {self.model.context_length} tokens"
             )
-        sampling = {key: value for key, value in sampling.items() if value is not None}
         return self.model.generation_options(len(prompt_ids), max_tokens, stop, None, False, seed, sampling)
 
     def submit(self, prompt_ids: list[int], options: GenerateOptions, logprobs: int | None) -> BatchRequest:
