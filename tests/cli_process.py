@@ -1,11 +1,18 @@
-"""Running the `qwq` command as a user does (a subprocess) and checking its one-line errors."""
+"""Running the `qwq` command as a user does (a subprocess): one-shot commands with their one-line errors, and
+`qwq serve` on a free loopback port."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 
 def run_qwq(
@@ -32,3 +39,33 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], message: str
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+@contextmanager
+def live_server(*args: str, home: Path) -> Iterator[str]:
+    """`qwq serve ARGS... --port FREE` running until the block ends; yields its base URL once /health answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qwq.cli.main", "serve", *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "QWQ_HOME": str(home)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "qwq serve did not answer /health within 300 s"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

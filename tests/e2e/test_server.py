@@ -3,10 +3,6 @@ concurrency (batching must not change greedy results), the waiting-line bound an
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,54 +11,17 @@ import ollama
 import openai
 import pytest
 
+from cli_process import live_server
+
 KEY = "test-key-123"
 MODEL = "qwen2.5-coder:0.5b"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(gguf_path):
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "qwq.cli.main",
-            "serve",
-            MODEL,
-            "--port",
-            str(port),
-            "--ctx",
-            "1024",
-            "--max-batch",
-            "4",
-            "--max-queue",
-            "12",
-            "--api-key",
-            KEY,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "QWQ_HOME": str(gguf_path.parent.parent)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-        assert process.poll() is None, process.stdout.read()
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    arguments = ("--ctx", "1024", "--max-batch", "4", "--max-queue", "12", "--api-key", KEY)
+    with live_server(MODEL, *arguments, home=gguf_path.parent.parent) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +189,8 @@ def test_api_key_is_required(server):
     for path in ("/v1/models", "/api/tags"):
         response = httpx.get(server + path)
         assert response.status_code == 401
+    assert httpx.post(f"{server}/ui/render", json={"text": "*x*"}).status_code == 401
+    assert httpx.get(f"{server}/").status_code == 200  # the page itself is open; it asks for the key
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
 

@@ -23,6 +23,9 @@ CASES = [
     ),
     ("qwq-preview", True, "Reasoning only, cut off", "Reasoning only, cut off", ""),
     ("qwq-preview", True, "Hmm.\n**Final Answer:** 42", "Hmm.\n", "42"),
+    ("qwq-preview", True, "6 x 7.\n\n**Final Answer: 42**", "6 x 7.\n\n", "**42**"),  # answer inside the bold
+    ("qwq-preview", True, "Hmm.\n**Final Answer**: 42", "Hmm.\n", "42"),
+    ("qwq-preview", True, "Ran out at **Final Answer**", "Ran out at ", ""),
     ("none", False, "<think>kept</think>as is", "", "<think>kept</think>as is"),
 ]
 

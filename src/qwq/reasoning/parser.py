@@ -44,6 +44,7 @@ class ReasoningSplitter:
         self._strip = " \t\r\n*:" if style == "qwq-preview" else " \t\r\n"
         self._held = ""
         self._answer_started = False
+        self._reopen_bold: bool | None = None
 
     @property
     def in_reasoning(self) -> bool:
@@ -77,9 +78,17 @@ class ReasoningSplitter:
                 break
             else:
                 if not self._answer_started:
+                    if self._reopen_bold is None and self.style == "qwq-preview":
+                        # "**Final Answer**: x" closes the bold; "**Final Answer: x**" keeps x inside it
+                        after_colon = self._held.lstrip(": \t")
+                        if len(after_colon) < 2 and "**".startswith(after_colon):
+                            break  # cannot tell yet
+                        self._reopen_bold = not after_colon.startswith("**")
                     self._held = self._held.lstrip(self._strip)
                     if not self._held:
                         break
+                    if self._reopen_bold:
+                        self._held = "**" + self._held
                     self._answer_started = True
                 answer.append(self._held)
                 self._held = ""
@@ -90,6 +99,8 @@ class ReasoningSplitter:
         held, self._held = self._held, ""
         if self._state == "reasoning":
             return Delta(reasoning=held)
+        if self._state == "answer" and not self._answer_started:
+            return Delta(answer=held.lstrip(self._strip))
         return Delta(answer=held.strip() if self._state == "start" else held)
 
 

@@ -15,13 +15,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwq.errors import QwqError, ServerBusyError
-from qwq.server import ollama_routes, openai_routes
+from qwq.server import ollama_routes, openai_routes, web_routes
 from qwq.server.service import Service
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 << 20  # 4 MiB: far above any prompt that fits a 32k context
 RETRY_AFTER_S = "2"
+_GUARDED_PREFIXES = ("/v1", "/api", "/ui")  # every API route; the page's static files and /health stay open
 
 
 def _error(
@@ -106,7 +107,7 @@ def create_app(
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if api_key and (request.url.path.startswith("/v1") or request.url.path.startswith("/api")):
+        if api_key and request.url.path.startswith(_GUARDED_PREFIXES):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return _error(
@@ -144,6 +145,8 @@ def create_app(
 
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(web_routes.router)
+    app.mount("/", web_routes.static_files(), name="web")
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(_BodyLimit, limit=max_body)

@@ -1,0 +1,90 @@
+"""Markdown with TeX math turned into safe HTML for the web chat page.
+
+Rendering happens on the server so the page needs no script libraries (nothing to fetch from a CDN, nothing to
+vendor): markdown-it-py parses CommonMark plus tables and strikethrough, math between `$…$`, `$$…$$`, `\\(…\\)`
+and `\\[…\\]` becomes MathML (which browsers draw natively), and nh3 keeps only a fixed set of tags and
+attributes, since the model's text must never become script in the page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from html import escape
+
+import nh3
+from latex2mathml.converter import convert as latex_to_mathml
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline
+from markdown_it.token import Token
+from mdit_py_plugins.dollarmath import dollarmath_plugin
+
+_MATHML_TAGS = {
+    "math", "mrow", "mi", "mo", "mn", "ms", "mtext", "mspace", "msup", "msub", "msubsup", "mfrac", "msqrt",
+    "mroot", "mover", "munder", "munderover", "mtable", "mtr", "mtd", "menclose", "mstyle", "mpadded",
+    "mphantom", "mmultiscripts", "mprescripts", "none", "merror",
+}  # fmt: skip
+_MATHML_ATTRIBUTES = {
+    "display", "mathvariant", "notation", "stretchy", "fence", "form", "separator", "lspace", "rspace",
+    "columnalign", "rowspacing", "columnspacing", "displaystyle", "scriptlevel", "mathcolor", "accent",
+    "accentunder", "minsize", "maxsize", "movablelimits", "symmetric", "linethickness", "width", "height",
+    "depth", "rowlines", "columnlines", "frame",
+}  # fmt: skip
+_TAGS = nh3.ALLOWED_TAGS | _MATHML_TAGS
+_ATTRIBUTES = {
+    **nh3.ALLOWED_ATTRIBUTES,
+    "code": {"class"},
+    "span": {"class"},
+    "div": {"class"},
+    **dict.fromkeys(_MATHML_TAGS, _MATHML_ATTRIBUTES),
+}
+# math token types: dollarmath's, and ours for \(…\) and \[…\]; the value says whether it is display math
+_MATH_TOKENS = {"math_inline": False, "math_inline_double": True, "math_block": True}
+_BRACKETS = {"\\(": ("\\)", "math_inline"), "\\[": ("\\]", "math_inline_double")}
+
+
+def _math_html(tex: str, display: bool) -> str:
+    """MathML for `tex`; its source as code where the converter cannot read it."""
+    try:
+        return latex_to_mathml(tex.strip(), display="block" if display else "inline")
+    except Exception:  # latex2mathml raises many kinds on malformed TeX; the source is the honest fallback
+        return f'<code class="tex">{escape(tex)}</code>'
+
+
+def _render_math(self, tokens: Sequence[Token], index: int, options, env) -> str:
+    token = tokens[index]
+    html = _math_html(token.content, _MATH_TOKENS[token.type])
+    return f'<div class="math">{html}</div>\n' if token.type == "math_block" else html
+
+
+def _bracket_math(state: StateInline, silent: bool) -> bool:
+    """Inline rule for `\\(…\\)` and `\\[…\\]` (LaTeX's delimiters, which QwQ writes most), also when the
+    display form sits inside a list item or spans lines of a paragraph."""
+    opening = state.src[state.pos : state.pos + 2]
+    if opening not in _BRACKETS:
+        return False
+    closing, token_type = _BRACKETS[opening]
+    end = state.src.find(closing, state.pos + 2)
+    if end < 0:
+        return False
+    if not silent:
+        token = state.push(token_type, "math", 0)
+        token.content, token.markup = state.src[state.pos + 2 : end], opening
+    state.pos = end + 2
+    return True
+
+
+@lru_cache(maxsize=1)
+def _parser() -> MarkdownIt:
+    parser = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+    # "$5 and $6" stays text: no space inside the dollars, no digit right outside them
+    dollarmath_plugin(parser, allow_space=False, allow_digits=False, double_inline=True, allow_labels=False)
+    parser.inline.ruler.before("escape", "math_brackets", _bracket_math)
+    for token_type in _MATH_TOKENS:
+        parser.add_render_rule(token_type, _render_math)
+    return parser
+
+
+def render_markdown(text: str) -> str:
+    """Safe HTML for a model's answer."""
+    html = _parser().render(text)
+    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"})

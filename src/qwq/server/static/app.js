@@ -1,0 +1,332 @@
+// The qwq chat page: talks to this server's OpenAI-compatible API (streamed chat completions), shows the
+// model's reasoning apart from its answer, and asks the server to render the answer's markdown and math.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SETTINGS_KEY = "qwq.settings";
+const SETTING_FIELDS = ["system-prompt", "temperature", "max-tokens", "api-key"];
+
+const chat = {
+  model: null,
+  messages: [], // what the model sees next turn: user and assistant answers (never the reasoning)
+  controller: null, // aborts the reply being streamed
+};
+
+// ---------- settings ----------
+
+function loadSettings() {
+  const saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}");
+  for (const field of SETTING_FIELDS) {
+    if (saved[field] !== undefined) $(field).value = saved[field];
+  }
+}
+
+function saveSettings() {
+  const values = Object.fromEntries(SETTING_FIELDS.map((field) => [field, $(field).value]));
+  localStorage.setItem(SETTINGS_KEY, JSON.stringify(values));
+}
+
+function toggleSettings(open = $("settings").hidden) {
+  $("settings").hidden = !open;
+  $("toggle-settings").setAttribute("aria-expanded", String(open));
+}
+
+/** The sampling fields of a request, or an error message naming the bad field. */
+function samplingParameters() {
+  const parameters = {};
+  const temperature = $("temperature").value.trim();
+  if (temperature !== "") {
+    const value = Number(temperature);
+    if (!Number.isFinite(value) || value < 0 || value > 2) return { error: "Temperature must be a number from 0 to 2." };
+    parameters.temperature = value;
+  }
+  const maxTokens = $("max-tokens").value.trim();
+  if (maxTokens !== "") {
+    const value = Number(maxTokens);
+    if (!Number.isInteger(value) || value < 1) return { error: "Max tokens must be a whole number of at least 1." };
+    parameters.max_tokens = value;
+  }
+  return { parameters };
+}
+
+// ---------- talking to the server ----------
+
+function headers() {
+  const result = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) result.Authorization = `Bearer ${key}`;
+  return result;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    const error = body.error;
+    return typeof error === "string" ? error : (error?.message ?? `${response.status} ${response.statusText}`);
+  } catch {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function connect() {
+  try {
+    const response = await fetch("v1/models", { headers: headers() });
+    if (!response.ok) {
+      const message = await errorText(response);
+      $("model-name").textContent = "not connected";
+      setStatus(response.status === 401 ? `${message} — enter the key under Settings.` : message, true);
+      if (response.status === 401) toggleSettings(true);
+      return;
+    }
+    const body = await response.json();
+    chat.model = body.data[0]?.id ?? null;
+    $("model-name").textContent = chat.model ?? "no model";
+    setStatus("");
+  } catch (error) {
+    $("model-name").textContent = "not connected";
+    setStatus(`Cannot reach the server: ${error.message}`, true);
+  }
+}
+
+/** The JSON events of a server-sent-event stream, until `data: [DONE]`. */
+async function* serverEvents(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replaceAll("\r\n", "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = event
+        .split("\n")
+        .filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(5).trimStart())
+        .join("\n");
+      if (data === "[DONE]") return;
+      if (data) yield JSON.parse(data);
+    }
+  }
+}
+
+async function renderMarkdown(text) {
+  const response = await fetch("ui/render", { method: "POST", headers: headers(), body: JSON.stringify({ text }) });
+  if (!response.ok) throw new Error(await errorText(response));
+  return (await response.json()).html;
+}
+
+// ---------- the conversation view ----------
+
+function scrollToEnd() {
+  const main = $("messages");
+  main.scrollTop = main.scrollHeight;
+}
+
+function addUserMessage(text) {
+  const article = document.createElement("article");
+  article.className = "message user";
+  article.textContent = text;
+  $("messages").append(article);
+  scrollToEnd();
+}
+
+/** Markdown rendered while it streams: one request at a time, always for the latest text. */
+class MarkdownView {
+  constructor(element) {
+    this.element = element;
+    this.text = "";
+    this.shown = "";
+    this.rendering = null;
+  }
+
+  update(text) {
+    this.text = text;
+    if (!this.rendering) this.rendering = this.catchUp().finally(() => (this.rendering = null));
+  }
+
+  async catchUp() {
+    while (this.shown !== this.text) {
+      const text = this.text;
+      try {
+        this.element.innerHTML = await renderMarkdown(text); // server-sanitized HTML
+      } catch {
+        this.element.textContent = text; // plain text beats nothing
+      }
+      this.shown = text;
+      scrollToEnd();
+    }
+  }
+
+  async finished() {
+    while (this.rendering) await this.rendering;
+  }
+}
+
+function addAssistantMessage() {
+  const article = document.createElement("article");
+  article.className = "message assistant";
+  article.dataset.state = "streaming";
+  article.innerHTML = `
+    <details class="reasoning" hidden><summary>Thinking…</summary><div class="reasoning-text"></div></details>
+    <div class="answer"></div>
+    <p class="note" hidden></p>
+    <footer class="stats"></footer>`;
+  $("messages").append(article);
+  scrollToEnd();
+  return {
+    article,
+    reasoning: article.querySelector(".reasoning"),
+    reasoningText: new MarkdownView(article.querySelector(".reasoning-text")),
+    answer: new MarkdownView(article.querySelector(".answer")),
+    note: article.querySelector(".note"),
+    stats: article.querySelector(".stats"),
+  };
+}
+
+function showNote(view, text, isError = false) {
+  view.note.hidden = false;
+  view.note.textContent = text;
+  view.note.classList.toggle("error", isError);
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+}
+
+// ---------- one exchange ----------
+
+async function send(text) {
+  const { parameters, error } = samplingParameters();
+  if (error) {
+    setStatus(error, true);
+    toggleSettings(true);
+    return;
+  }
+  if (!chat.model) await connect();
+  if (!chat.model) return;
+  setStatus("");
+  $("prompt").value = ""; // only now: a refused message stays in the box
+  addUserMessage(text);
+  chat.messages.push({ role: "user", content: text });
+  const system = $("system-prompt").value.trim();
+  const request = {
+    model: chat.model,
+    messages: system ? [{ role: "system", content: system }, ...chat.messages] : [...chat.messages],
+    stream: true,
+    stream_options: { include_usage: true },
+    ...parameters,
+  };
+
+  const view = addAssistantMessage();
+  chat.controller = new AbortController();
+  setBusy(true);
+  const started = performance.now();
+  let reasoning = "";
+  let answer = "";
+  let firstToken = null;
+  let thinkingEnded = null;
+  let finishReason = null;
+  let usage = null;
+  let outcome = "done";
+  try {
+    const response = await fetch("v1/chat/completions", {
+      method: "POST",
+      headers: headers(),
+      body: JSON.stringify(request),
+      signal: chat.controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    for await (const event of serverEvents(response.body)) {
+      if (event.error) throw new Error(event.error.message ?? String(event.error));
+      if (event.usage) usage = event.usage;
+      const choice = event.choices?.[0];
+      if (!choice) continue;
+      const delta = choice.delta ?? {};
+      if (delta.reasoning_content || delta.content) firstToken ??= performance.now();
+      if (delta.reasoning_content) {
+        reasoning += delta.reasoning_content;
+        if (view.reasoning.hidden) {
+          view.reasoning.hidden = false;
+          view.reasoning.open = true;
+        }
+        view.reasoningText.update(reasoning);
+      }
+      if (delta.content) {
+        if (reasoning && thinkingEnded === null) thinkingEnded = performance.now();
+        answer += delta.content;
+        view.answer.update(answer);
+      }
+      if (choice.finish_reason) finishReason = choice.finish_reason;
+    }
+  } catch (failure) {
+    if (failure.name === "AbortError") {
+      outcome = "stopped";
+    } else {
+      outcome = "error";
+      showNote(view, failure.message, true);
+    }
+  } finally {
+    chat.controller = null;
+    setBusy(false);
+  }
+
+  await Promise.all([view.reasoningText.finished(), view.answer.finished()]);
+  if (reasoning) {
+    const seconds = (((thinkingEnded ?? performance.now()) - started) / 1000).toFixed(1);
+    view.reasoning.querySelector("summary").textContent = `Thought for ${seconds} s`;
+    view.reasoning.open = !answer; // fold the reasoning away once there is an answer to read
+  }
+  if (outcome === "stopped") showNote(view, "Stopped.");
+  else if (outcome === "done" && !answer && reasoning)
+    showNote(view, "The reply ended inside its reasoning: no final answer.");
+  else if (finishReason === "length") showNote(view, "Cut off at the token limit.");
+  if (usage && firstToken !== null) {
+    const seconds = (performance.now() - firstToken) / 1000;
+    const rate = seconds > 0 ? (usage.completion_tokens / seconds).toFixed(1) : "–";
+    view.stats.textContent = `${usage.prompt_tokens} prompt tokens · ${usage.completion_tokens} generated · ${rate} tok/s`;
+  }
+  view.article.dataset.state = outcome;
+  if (outcome === "error") chat.messages.pop(); // the model never answered: let the user try again
+  else chat.messages.push({ role: "assistant", content: answer });
+}
+
+// ---------- wiring ----------
+
+function startNewChat() {
+  chat.controller?.abort();
+  chat.messages = [];
+  $("messages").replaceChildren();
+  setStatus("");
+  $("prompt").focus();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  loadSettings();
+  for (const field of SETTING_FIELDS) $(field).addEventListener("change", saveSettings);
+  $("api-key").addEventListener("change", connect);
+  $("toggle-settings").addEventListener("click", () => toggleSettings());
+  $("settings").addEventListener("submit", (event) => event.preventDefault());
+  $("new-chat").addEventListener("click", startNewChat);
+  $("stop").addEventListener("click", () => chat.controller?.abort());
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("prompt").value.trim();
+    if (text && !chat.controller) send(text);
+  });
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  connect();
+  $("prompt").focus();
+});
