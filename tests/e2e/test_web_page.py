@@ -13,8 +13,9 @@ import time
 
 import httpx
 import pytest
-from cli_process import live_server
 from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
+
+from cli_process import live_server
 
 KEY = "web-key-456"
 MODEL = "qwen2.5-coder:0.5b"
