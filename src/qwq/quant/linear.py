@@ -1,93 +1,187 @@
 """Weight-only quantized Linear layers: int8 per output channel, int4 in groups along the input.
 
-They run on PyTorch's packed CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`),
-which are fast only with bfloat16 activations: the input is cast to bfloat16 for the matmul and the
-output cast back. Quantization happens once, from a float weight, as the checkpoint loads (gpt-fast's
-scheme: symmetric int8; asymmetric int4 with a scale and a zero point per group).
+Quantization happens once, from a float weight, as the checkpoint loads (gpt-fast's scheme: symmetric int8;
+asymmetric int4 with a scale and a minimum per group, w = q * scale + low, q in [0, 15]). Two ways to run them:
+
+- "native" (the default on CPU where a C++ compiler is found): qwq's own kernels (kernels.cpp), which quantize
+  the activations to int8 blocks and stream the weights near the memory bandwidth, for decode-sized inputs;
+  prompt-sized inputs dequantize the weight a slice at a time and use a dense GEMM (bfloat16 where the CPU
+  has bfloat16 arithmetic, else float32).
+- "torch": PyTorch's packed kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), which are fast
+  only with bfloat16 activations, so the input is cast for the matmul. Also used for shapes the native
+  layout cannot hold (output not a multiple of 4, input not a multiple of 128). `QWQ_KERNELS=torch`
+  chooses them everywhere.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+
 import torch
 from torch import nn
+from torch.nn import functional
 
 from qwq.errors import InvalidRequestError
+from qwq.quant import native
 
-_COMPUTE_DTYPE = torch.bfloat16
+logger = logging.getLogger(__name__)
+
+_TORCH_COMPUTE_DTYPE = torch.bfloat16
 # Weights are quantized this many rows at a time, to bound the temporaries; packing int4 in chunks of a
 # multiple of 64 rows gives the same bytes as packing the whole matrix.
 _ROWS_PER_CHUNK = 1024
+# Inputs with more rows than this (prompts) go through a dequantized dense GEMM on the native path.
+_DECODE_ROWS = 16
 INT4_GROUP_SIZES = (32, 64, 128, 256)
+KERNELS_ENV = "QWQ_KERNELS"
 
 
-class Int8Linear(nn.Module):
+def native_kernels_wanted(in_features: int, out_features: int) -> bool:
+    """Whether a layer of this shape is stored in the native layout (decided before any weight exists)."""
+    if os.environ.get(KERNELS_ENV, "native") == "torch":
+        return False
+    return native.packable(in_features, out_features) and shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+def _dense_dtype() -> torch.dtype:
+    return torch.bfloat16 if native.fast_bfloat16() else torch.float32
+
+
+def _quantize_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scale per output row, values in [-127, 127]."""
+    rows = rows.float()
+    scale = (rows.abs().amax(dim=1) / 127.0).clamp(min=1e-10)
+    return torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _quantize_int4(rows: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group of inputs: w ≈ q * scale + low with q in [0, 15]; returns q (rows, in), scale and low (rows, groups)."""
+    grouped = rows.float().reshape(rows.shape[0], -1, group_size)
+    low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-10)
+    q = torch.round((grouped - low[..., None]) / scale[..., None]).clamp(0, 15)
+    return q.reshape(rows.shape).to(torch.uint8), scale, low
+
+
+class _QuantizedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.empty(out_features, dtype=_COMPUTE_DTYPE))
+        self.native = native_kernels_wanted(in_features, out_features)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
-    @torch.no_grad()
-    def set_weight(self, weight: torch.Tensor) -> None:
-        """Quantize a float (out, in) weight: one scale per output row, values in [-127, 127]."""
-        values, scales = [], []
-        for rows in weight.split(_ROWS_PER_CHUNK):
-            rows = rows.float()
-            scale = (rows.abs().amax(dim=1) / 127.0).clamp(min=1e-10)
-            values.append(torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8))
-            scales.append(scale)
-        self.weight = torch.cat(values)
-        self.scales = torch.cat(scales).to(_COMPUTE_DTYPE)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.weight.float() * self.scales.float()[:, None]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(_COMPUTE_DTYPE)  # (M, in)
-        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)  # (M, out)
+        flat = x.reshape(-1, self.in_features)
+        if not self.native:
+            out = self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE))
+        elif flat.shape[0] <= _DECODE_ROWS and (kernels := native.kernels()) is not None:
+            out = self._native_matmul(kernels, flat.float().contiguous())
+        else:
+            out = self._dense_matmul(flat)
+        out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def _dense_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        """Prompt-sized inputs: dequantize the weight a slice of rows at a time and use a dense GEMM."""
+        dtype = _dense_dtype()
+        flat = flat.to(dtype)
+        slices = []
+        for start in range(0, self.out_features, _ROWS_PER_CHUNK):
+            end = min(start + _ROWS_PER_CHUNK, self.out_features)
+            slices.append(flat @ self.dequantized(start, end).to(dtype).t())
+        return torch.cat(slices, dim=1)
 
-class Int4Linear(nn.Module):
+
+class Int8Linear(_QuantizedLinear):
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__(in_features, out_features, bias)
+        if self.native:
+            shape = (out_features // native.ROWS, native.ROWS * in_features)
+            self.register_buffer("weight", torch.empty(shape, dtype=torch.uint8))
+        else:
+            self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        scale_dtype = torch.float32 if self.native else _TORCH_COMPUTE_DTYPE
+        self.register_buffer("scales", torch.empty(out_features, dtype=scale_dtype))
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor) -> None:
+        values, scales = zip(*(_quantize_int8(rows) for rows in weight.split(_ROWS_PER_CHUNK)), strict=True)
+        q = torch.cat(values)
+        self.weight = native.pack_int8(q) if self.native else q
+        self.scales = torch.cat(scales).to(self.scales.dtype)
+
+    def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Rows [start, end) of the weight as float32 (start and end multiples of 4 on the native layout)."""
+        end = self.out_features if end is None else end
+        if self.native:
+            q = native.unpack_int8(self.weight[start // native.ROWS : end // native.ROWS])
+        else:
+            q = self.weight[start:end]
+        return q.float() * self.scales[start:end].float()[:, None]
+
+    def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
+
+    def _native_matmul(self, kernels, flat: torch.Tensor) -> torch.Tensor:
+        return kernels.int8_matmul(flat, self.weight, self.scales)
+
+
+class Int4Linear(_QuantizedLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
-        super().__init__()
         if group_size not in INT4_GROUP_SIZES or in_features % group_size:
             raise InvalidRequestError(
                 f"int4 group size must be one of {list(INT4_GROUP_SIZES)} and divide the layer's input size "
                 f"{in_features}, got {group_size}"
             )
-        if out_features % 16:
+        super().__init__(in_features, out_features, bias)
+        if not self.native and out_features % 16:
             raise InvalidRequestError(f"int4 packing needs output sizes divisible by 16, got {out_features}")
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.group_size = group_size
         groups = in_features // group_size
-        self.register_buffer("scales_and_zeros", torch.empty(groups, out_features, 2, dtype=_COMPUTE_DTYPE))
-        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        if self.native:
+            shape = (out_features // native.ROWS, native.ROWS * in_features // 2)
+            self.register_buffer("weight", torch.empty(shape, dtype=torch.uint8))
+            self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float16))
+            self.register_buffer("lows", torch.empty(out_features, groups, dtype=torch.float16))
+        else:
+            self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+            self.register_buffer("scales_and_zeros", torch.empty(groups, out_features, 2, dtype=_TORCH_COMPUTE_DTYPE))
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor) -> None:
-        """Quantize a float (out, in) weight to 4 bits: per group, w ≈ (q - 8) * scale + zero, q in [0, 15]."""
-        packed, params = [], []
+        packed, scales, lows = [], [], []
         for rows in weight.split(_ROWS_PER_CHUNK):
-            grouped = rows.float().reshape(rows.shape[0], -1, self.group_size)  # (rows, groups, g)
-            low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)  # (rows, groups)
-            scales = ((high - low) / 15.0).clamp(min=1e-10)
-            q = torch.round((grouped - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
-            packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(rows.shape), 1))
-            params.append(torch.stack([scales.t(), (low + 8.0 * scales).t()], dim=-1))  # (groups, rows, 2)
+            q, scale, low = _quantize_int4(rows, self.group_size)
+            if self.native:
+                packed.append(native.pack_int4(q))
+            else:
+                packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
+            scales.append(scale)
+            lows.append(low)
         self.weight = torch.cat(packed)
-        self.scales_and_zeros = torch.cat(params, dim=1).to(_COMPUTE_DTYPE).contiguous()
+        scale, low = torch.cat(scales), torch.cat(lows)
+        if self.native:
+            self.scales, self.lows = scale.to(torch.float16), low.to(torch.float16)
+        else:  # torch's kernel computes (q - 8) * scale + zero
+            self.scales_and_zeros = torch.stack([scale.t(), (low + 8.0 * scale).t()], dim=-1).to(_TORCH_COMPUTE_DTYPE)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(_COMPUTE_DTYPE)  # (M, in)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group_size, self.scales_and_zeros)
-        out = out.to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+    def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Rows [start, end) of the weight as float32 (native layout only: the dense path of prompts)."""
+        end = self.out_features if end is None else end
+        q = native.unpack_int4(self.weight[start // native.ROWS : end // native.ROWS]).float()
+        grouped = q.reshape(end - start, -1, self.group_size)
+        scale, low = self.scales[start:end].float()[..., None], self.lows[start:end].float()[..., None]
+        return (grouped * scale + low).reshape(end - start, self.in_features)
+
+    def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group_size, self.scales_and_zeros)
+
+    def _native_matmul(self, kernels, flat: torch.Tensor) -> torch.Tensor:
+        return kernels.int4_matmul(flat, self.weight, self.scales, self.lows, self.group_size)
 
 
 QuantizedLinear = Int8Linear | Int4Linear

@@ -1,8 +1,9 @@
 """Swapping a model's Linear layers (LM head included) for weight-only quantized ones before loading.
 
 Done on the `meta`-device model, so no float copy of the network ever exists; the loader then quantizes
-each weight as it arrives. A layer whose shape the int4 kernel cannot pack (output size not a multiple of
-16, input size not a multiple of the group) is stored as int8 instead, as llama.cpp falls back per tensor.
+each weight as it arrives. A layer whose shape no int4 layout can hold (input size not a multiple of the
+group; for qwq's kernels output not a multiple of 4 or input not of 128, for PyTorch's output not a multiple
+of 16) is stored as int8 instead, as llama.cpp falls back per tensor.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import logging
 from torch import nn
 
 from qwq.errors import InvalidRequestError
-from qwq.quant.linear import INT4_GROUP_SIZES, Int4Linear, Int8Linear
+from qwq.quant.linear import INT4_GROUP_SIZES, Int4Linear, Int8Linear, native_kernels_wanted
 
 QUANT_MODES = ("int8", "int4")
 logger = logging.getLogger(__name__)
 
 
 def int4_packable(in_features: int, out_features: int, group_size: int) -> bool:
-    return out_features % 16 == 0 and in_features % group_size == 0
+    if in_features % group_size:
+        return False
+    return native_kernels_wanted(in_features, out_features) or out_features % 16 == 0
 
 
 def quantize_linears(model: nn.Module, mode: str, group_size: int = 32) -> nn.Module:
