@@ -21,7 +21,6 @@ import shutil
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from qwq.errors import InvalidRequestError
 from qwq.quant import native
@@ -57,7 +56,7 @@ def _quantize_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _quantize_int4(rows: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per group of inputs: w ≈ q * scale + low with q in [0, 15]; returns q (rows, in), scale and low (rows, groups)."""
+    """Per group of inputs w ≈ q * scale + low, q in [0, 15]: q (rows, in), scale and low (rows, groups)."""
     grouped = rows.float().reshape(rows.shape[0], -1, group_size)
     low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)
     scale = ((high - low) / 15.0).clamp(min=1e-10)

@@ -45,9 +45,9 @@ def build(flags: tuple[str, ...] = ("-march=native",), name: str = "qwq_kernels"
     """Compile (or load the cached build of) the kernels with these compiler flags."""
     from torch.utils import cpp_extension
 
-    key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), torch.__version__, _cpu_flags(), *flags]).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[
+        :16
+    ]
     directory = qwq_home() / "build" / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
