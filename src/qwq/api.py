@@ -70,7 +70,7 @@ class Model:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.network.model.embed_tokens.weight.dtype
+        return self.network.model.norm.weight.dtype  # the activations' (a quantized model's table is bfloat16)
 
     @property
     def quantization(self) -> str | None:

@@ -44,10 +44,12 @@ def estimate(network: Qwen2ForCausalLM, dtype: torch.dtype, context_length: int)
     """Bytes `network` (built on meta, quantized or not) will take once loaded in `dtype` for `context_length`."""
     element = torch.empty((), dtype=dtype).element_size()
     parameters = {id(p): p for p in network.parameters()}  # a tied LM head is stored once
+    quantized = any(isinstance(m, QuantizedLinear) for m in network.modules())
     weights = sum(p.numel() * element for p in parameters.values())
+    if quantized:  # the embedding table is kept in bfloat16 (see weights/loader.py)
+        weights -= network.model.embed_tokens.weight.numel() * max(element - 2, 0)
     weights += sum(b.numel() * b.element_size() for b in network.buffers())  # quantized weights keep their dtype
     largest = max(t.numel() for t in [*parameters.values(), *network.buffers()])
-    quantized = any(isinstance(m, QuantizedLinear) for m in network.modules())
     transient = largest * (4 if quantized else element)  # quantization starts from a float32 copy of each tensor
     config = network.config
     kv_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * context_length * element

@@ -1,4 +1,5 @@
-"""Quantized Linear layers against the dequantized weight computed here by hand."""
+"""Quantized Linear layers against the dequantized weight computed here by hand, on both ways of running them:
+qwq's own kernels (decode-sized inputs) with the dense path for prompt-sized ones, and PyTorch's packed kernels."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import torch
 from gguf import GGMLQuantizationType as QType
 
 import qwq
-from qwq.quant.linear import Int4Linear, Int8Linear
+from qwq.quant.linear import KERNELS_ENV, Int4Linear, Int8Linear
 from qwq.quant.swap import quantize_linears
 
 from tiny_checkpoints import write_gguf
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request, monkeypatch):
+    monkeypatch.setenv(KERNELS_ENV, request.param)
+    return request.param
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -18,10 +25,12 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(("out_features", "in_features"), [(128, 896), (4864, 896), (896, 4864)])
-def test_int8_matches_per_channel_dequantization(out_features, in_features):
+@pytest.mark.parametrize("rows", [3, 40])  # a decode step; a prompt (the native path's dense GEMM)
+def test_int8_matches_per_channel_dequantization(out_features, in_features, rows, backend):
     torch.manual_seed(0)
-    weight, x = torch.randn(out_features, in_features) * 0.05, torch.randn(3, in_features)
+    weight, x = torch.randn(out_features, in_features) * 0.05, torch.randn(rows, in_features)
     layer = Int8Linear(in_features, out_features, bias=False)
+    assert layer.native == (backend == "native")
     layer.set_weight(weight)
     scales = weight.abs().amax(1) / 127
     dequantized = torch.round(weight / scales[:, None]).clamp(-127, 127) * scales[:, None]
@@ -30,10 +39,11 @@ def test_int8_matches_per_channel_dequantization(out_features, in_features):
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_int4_matches_group_dequantization(group_size):
+@pytest.mark.parametrize("rows", [5, 40])
+def test_int4_matches_group_dequantization(group_size, rows):
     torch.manual_seed(1)
     out_features, in_features = 256, 896
-    weight, x = torch.randn(out_features, in_features) * 0.05, torch.randn(5, in_features)
+    weight, x = torch.randn(out_features, in_features) * 0.05, torch.randn(rows, in_features)
     layer = Int4Linear(in_features, out_features, bias=False, group_size=group_size)
     layer.set_weight(weight)
     grouped = weight.reshape(out_features, -1, group_size)

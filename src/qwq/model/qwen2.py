@@ -76,7 +76,7 @@ class Qwen2ForCausalLM(nn.Module):
         """Allocate a KV cache for `batch_size` sequences of up to `max_seq_len` positions, or reuse one as large."""
         if self.cache_len >= max_seq_len and self.model.layers[0].self_attn.kv_cache.k.shape[0] == batch_size:
             return
-        weight = self.model.embed_tokens.weight
+        weight = self.model.norm.weight  # the activations' dtype and device
         for layer in self.model.layers:
             attn = layer.self_attn
             attn.kv_cache = KVCache(
@@ -102,13 +102,17 @@ class Qwen2ForCausalLM(nn.Module):
         device = input_ids.device
         positions = torch.arange(start_pos, end, device=device)  # (T,)
         mask = causal_mask(positions, end)
-        x = self.model.embed_tokens(input_ids)  # (B, T, hidden)
+        x = self._embed(input_ids)  # (B, T, hidden)
         cos, sin = self.model.rotary_emb(positions, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, positions, mask, end)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows in the activation dtype (a quantized model keeps its table in bfloat16)."""
+        return self.model.embed_tokens(input_ids).to(self.model.norm.weight.dtype)
 
     def forward_slots(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Continuous batching: row b of input_ids (B, T) sits at `positions[b]` (B, T) of KV-cache slot
@@ -122,7 +126,7 @@ class Qwen2ForCausalLM(nn.Module):
         end = int(positions.max()) + 1
         if end > self.cache_len:
             raise InvalidRequestError(f"position {end - 1} is past the KV cache's {self.cache_len} positions")
-        x = self.model.embed_tokens(input_ids)  # (B, T, hidden)
+        x = self._embed(input_ids)  # (B, T, hidden)
         cos, sin = self.model.rotary_emb(positions.reshape(-1), x.dtype)  # (B*T, D)
         cos, sin = cos.view(batch, 1, seq, -1), sin.view(batch, 1, seq, -1)  # (B, 1, T, D)
         if batch == 1 and (seq == end or seq == 1):

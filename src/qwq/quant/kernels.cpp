@@ -103,6 +103,29 @@ inline __m256i dot_u8_s8(__m256i u, __m256i s) {
 #define QWQ_VNNI 1
 #endif
 
+// sum of a[i] * b[i]: vectorized, since a serial chain of scalar multiply-adds would wait on each other
+float dot_half_float(const at::Half* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float total = 0.f;
+#if defined(QWQ_VNNI)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 halves = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
+    acc = _mm512_fmadd_ps(halves, _mm512_loadu_ps(b + i), acc);
+  }
+  total = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__) && defined(__F16C__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 halves = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
+    acc = _mm256_fmadd_ps(halves, _mm256_loadu_ps(b + i), acc);
+  }
+  total = horizontal_sum(acc);
+#endif
+  for (; i < n; ++i) total += half_to_float(a[i]) * b[i];
+  return total;
+}
+
 // ---------------------------------------------------------------- int8: four rows at once
 // int8 weights times int16 activations: 16-bit products summed in pairs (AVX-512 VNNI `dpwssd`, AVX2 `madd`)
 void int8_four_rows(const uint8_t* data, int64_t k, const Activations<int16_t>& x, float* out) {
@@ -186,11 +209,7 @@ template <int kShift>
 void int4_four_rows(const uint8_t* data, int64_t k, const at::Half* scale, const at::Half* low,
                     const Activations<int8_t>& x, const float* group_sums, float* out) {
   const int64_t groups = k / (kBlock << kShift), units = k / (2 * kUnit);  // a unit holds 128 weights
-  for (int r = 0; r < kRows; ++r) {
-    float offset = 0.f;
-    for (int64_t g = 0; g < groups; ++g) offset += half_to_float(low[r * groups + g]) * group_sums[g];
-    out[r] = offset;
-  }
+  for (int r = 0; r < kRows; ++r) out[r] = dot_half_float(low + r * groups, group_sums, groups);
 #if defined(QWQ_VNNI)
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();

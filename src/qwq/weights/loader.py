@@ -17,6 +17,7 @@ from qwq.errors import ModelLoadError
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.quant.linear import QuantizedLinear
 
+EMBEDDING = "model.embed_tokens.weight"
 # Buffers some checkpoints carry that we recompute instead.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -41,6 +42,10 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtyp
     module = model.get_submodule(module_name)
     if isinstance(module, QuantizedLinear) and leaf == "weight":
         module.set_weight(tensor.to(device))  # quantized from the checkpoint's own precision
+    elif name == EMBEDDING and isinstance(model.lm_head, QuantizedLinear):
+        # a quantized model reads one row of the table per token: bfloat16 halves its memory at no speed cost
+        table = tensor.to(device=device, dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
+        module._parameters[leaf] = nn.Parameter(table, requires_grad=False)
     else:
         module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
