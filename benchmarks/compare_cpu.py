@@ -1,9 +1,11 @@
 """qwq against llama.cpp and HF transformers on the same GGUF and thread count, measured in one run.
 
-Configurations: qwq (bfloat16, int8, int4, and float32), llama.cpp (llama-cpp-python, the GGUF as stored),
-transformers (float32, bfloat16). Each runs in its own process, one after the other, so its peak RSS is
-its own. Also measures this machine's read bandwidth and prints each configuration's decode speed as a
-fraction of its roofline (bandwidth / bytes of weights read per token, embedding rows excluded).
+Configurations: qwq (bfloat16, int8, int4 on qwq's own kernels, int8 / int4 on PyTorch's packed kernels, and
+float32), llama.cpp (llama-cpp-python, the GGUF as stored), transformers (float32, bfloat16). Each runs in its
+own process, one after the other, so its peak RSS is its own. Also measures this machine's read bandwidth
+(the best of several full reads, before and after the runs) and prints each configuration's decode speed as a
+fraction of its roofline (bandwidth / bytes of weights read per token, embedding rows excluded), and for qwq
+its peak RSS over the bytes it stores (weights, embedding table and the KV cache the benchmark allocates).
 
     pip install llama-cpp-python==0.3.36   # builds llama.cpp from source (about 6 minutes on 2 cores)
     python benchmarks/compare_cpu.py [--model qwen2.5-coder:0.5b] [--prompt-tokens 512] [--new-tokens 128]
@@ -30,6 +32,8 @@ CONFIGS = [
     "qwq-bfloat16",
     "qwq-int8",
     "qwq-int4",
+    "qwq-int8-torchkernels",
+    "qwq-int4-torchkernels",
 ]
 
 
@@ -47,13 +51,25 @@ def _prompt(args: argparse.Namespace) -> list[int]:
 
 
 def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
+    import os
+
+    variant, _, kernels = variant.partition("-")
+    if kernels == "torchkernels":
+        os.environ["QWQ_KERNELS"] = "torch"
+
     import qwq
     from qwq.engine.benchmark import run_benchmark
     from qwq.quant.linear import Int4Linear, Int8Linear
 
     quant = variant if variant.startswith("int") else None
-    model = qwq.load(args.path, dtype=None if quant else variant, device="cpu", quant=quant)
+    model = qwq.load(
+        args.path, dtype=None if quant else variant, device="cpu", quant=quant, quant_group_size=args.group_size
+    )
     result = run_benchmark(model, args.prompt_tokens, args.new_tokens, args.repeats)
+    tensors = {id(t): t for t in [*model.network.parameters(), *model.network.buffers()]}
+    caches = [layer.self_attn.kv_cache for layer in model.network.model.layers if layer.self_attn.kv_cache]
+    tensors.update({id(t): t for cache in caches for t in (cache.k, cache.v)})
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
     read = 0  # bytes of weights each decode step reads: every matrix but the embedding table
     for name, module in model.network.named_modules():
         if isinstance(module, (Int8Linear, Int4Linear)):
@@ -64,6 +80,7 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
         "prefill": result.prefill_tokens_per_s.median,
         "decode": result.decode_tokens_per_s.median,
         "bytes_per_token": read,
+        "stored": stored,
     }
 
 
@@ -141,18 +158,18 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def read_bandwidth_gbs(threads: int, gib: int = 2) -> float:
-    """Sustained read bandwidth: the median time of summing a `gib`-GiB float32 tensor."""
+    """Read bandwidth: the fastest of seven sums of a `gib`-GiB float32 tensor (a ceiling: noise only slows)."""
     import torch
 
     torch.set_num_threads(threads)
     data = torch.ones(gib * 2**28)
     data.sum()
     times = []
-    for _ in range(5):
+    for _ in range(7):
         start = time.perf_counter()
         data.sum()
         times.append(time.perf_counter() - start)
-    return gib * 2**30 / statistics.median(times) / 1e9
+    return gib * 2**30 / min(times) / 1e9
 
 
 def main() -> None:
@@ -162,6 +179,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=32, help="qwq int4 group size")
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -183,7 +201,7 @@ def main() -> None:
     results = {}
     for config in args.only or CONFIGS:
         command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
-        for flag in ("prompt_tokens", "new_tokens", "threads", "repeats"):
+        for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
             command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:
@@ -192,20 +210,25 @@ def main() -> None:
         results[config] = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"measured {config}: {results[config]}", file=sys.stderr)
     prompt_file.unlink()
+    bandwidth = max(bandwidth, read_bandwidth_gbs(args.threads))
 
     print(
         f"\n{args.model}: {args.prompt_tokens}-token prompt, {args.new_tokens} greedy new tokens, {args.threads} "
-        f"threads, median of {args.repeats}; {platform.machine()}, read bandwidth {bandwidth:.1f} GB/s\n"
+        f"threads, median of {args.repeats}, qwq int4 groups of {args.group_size}; {platform.machine()}, "
+        f"read bandwidth {bandwidth:.1f} GB/s\n"
     )
     anchors = [a for a in ("llama.cpp-gguf", "transformers-float32") if a in results]
-    header = "| system | prefill tok/s | decode tok/s | peak RSS GiB | GB read/token | decode / roofline |"
+    header = (
+        "| system | prefill tok/s | decode tok/s | peak RSS GiB | RSS ÷ stored | GB read/token | decode / roofline |"
+    )
     header += "".join(f" prefill × {a} | decode × {a} |" for a in anchors)
     print(header)
-    print("|---" * (6 + 2 * len(anchors)) + "|")
+    print("|---" * (7 + 2 * len(anchors)) + "|")
     for config, r in results.items():
         roofline = bandwidth * 1e9 / r["bytes_per_token"]
+        stored = f"{r['rss'] * 2**30 / r['stored']:.2f}" if "stored" in r else "–"
         row = (
-            f"| {config} | {r['prefill']:.1f} | {r['decode']:.2f} | {r['rss']:.2f} | "
+            f"| {config} | {r['prefill']:.1f} | {r['decode']:.2f} | {r['rss']:.2f} | {stored} | "
             f"{r['bytes_per_token'] / 1e9:.3f} | {r['decode'] / roofline:.0%} of {roofline:.0f} |"
         )
         for anchor in anchors:
