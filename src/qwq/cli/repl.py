@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -226,6 +227,8 @@ def _enable_history() -> Callable[[], None]:
 
 def run_chat(session: ChatSession) -> int:
     """The read-answer loop; returns the exit code."""
+    # Ctrl+C stops an answer: take SIGINT back even where it was inherited ignored (a shell's background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     save_history = _enable_history()
     print("Type a message, /? for help, /bye or Ctrl+D to leave.", flush=True)
     while True:

@@ -7,7 +7,9 @@ near the size of the final weights.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -50,6 +52,22 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtyp
         module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system after each tensor: the float copies that quantization and
+    dtype conversion free would otherwise stay resident (glibc keeps them for reuse) and lift the peak."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def load_weights(
     model: Qwen2ForCausalLM,
     tensors: Iterable[tuple[str, torch.Tensor]],
@@ -79,6 +97,8 @@ def load_weights(
         _assign(model, name, tensor, dtype, device)
         if tied and quantized_head and name == "model.embed_tokens.weight":
             model.lm_head.set_weight(tensor.to(device))
+        del tensor
+        _return_freed_memory()
         loaded.add(name)
         if progress is not None:
             progress(len(loaded), len(expected))
