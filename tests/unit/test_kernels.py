@@ -39,6 +39,8 @@ def test_int8_product(kernels, in_features, out_features, rows):
     got = kernels.int8_matmul(x, native.pack_int8(q), scale)
     assert got.shape == (rows, out_features)
     assert _relative(got, expected) < 1e-4  # int16 activations: close to exact
+    rows_4_to_12 = kernels.int8_dequantize(native.pack_int8(q), scale, 4, 12)  # the prompt path's weights
+    assert torch.equal(rows_4_to_12, q[4:12].float() * scale[4:12, None])
 
 
 INT4_CASES = [(i, o, g) for i, o in SHAPES for g in (32, 64, 128, 256) if i % g == 0]
@@ -57,6 +59,8 @@ def test_int4_product(kernels, in_features, out_features, group_size):
     expected = x @ weight.reshape(out_features, in_features).t()
     got = kernels.int4_matmul(x, native.pack_int4(q), scale, low, group_size)
     assert _relative(got, expected) < 0.02  # int8 activations in blocks of 32: about 1% here
+    rows_8_to_16 = kernels.int4_dequantize(native.pack_int4(q), scale, low, group_size, 8, 16)
+    assert torch.allclose(rows_8_to_16, weight.reshape(out_features, in_features)[8:16], atol=1e-6)
 
 
 def test_every_instruction_set_computes_the_same(kernels):
@@ -84,5 +88,7 @@ def test_bad_shapes_are_refused(kernels):
     with pytest.raises(RuntimeError, match="float32"):
         kernels.int8_matmul(torch.zeros(1, 128, dtype=torch.float64), data, torch.ones(8))
     packed = native.pack_int4(torch.zeros(8, 128, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="bad row range"):
+        kernels.int8_dequantize(data, torch.ones(8), 2, 8)
     with pytest.raises(RuntimeError, match="group size"):
         kernels.int4_matmul(torch.zeros(1, 128), packed, torch.ones(8, 3).half(), torch.ones(8, 3).half(), 48)

@@ -363,7 +363,63 @@ torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, con
   return out;
 }
 
+// Rows [begin, end) (multiples of 4) of a packed weight as float32: prompts multiply them in a dense GEMM.
+torch::Tensor int8_dequantize(const torch::Tensor& data, const torch::Tensor& scale, int64_t begin, int64_t end) {
+  const int64_t n = data.size(0) * kRows, k = data.size(1) / kRows;
+  TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
+  auto out = torch::empty({end - begin, k}, torch::kFloat32);
+  const auto* w = reinterpret_cast<const int8_t*>(data.data_ptr<uint8_t>());
+  const float* row_scale = scale.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(begin / kRows, end / kRows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t quad = first; quad < last; ++quad) {
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t row = quad * kRows + r;
+        float* dst = y + (row - begin) * k;
+        const float s = row_scale[row];
+        for (int64_t u = 0; u < k / kUnit; ++u) {
+          const int8_t* unit = w + quad * kRows * k + (u * kRows + r) * kUnit;
+          for (int64_t i = 0; i < kUnit; ++i) dst[u * kUnit + i] = float(unit[i]) * s;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& scale, const torch::Tensor& low,
+                              int64_t group_size, int64_t begin, int64_t end) {
+  const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows, groups = k / group_size;
+  TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
+  auto out = torch::empty({end - begin, k}, torch::kFloat32);
+  const uint8_t* w = data.data_ptr<uint8_t>();
+  const at::Half* scales = scale.data_ptr<at::Half>();
+  const at::Half* lows = low.data_ptr<at::Half>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(begin / kRows, end / kRows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t quad = first; quad < last; ++quad) {
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t row = quad * kRows + r;
+        float* dst = y + (row - begin) * k;
+        for (int64_t u = 0; u < k / (2 * kUnit); ++u) {
+          const uint8_t* unit = w + quad * kRows * k / 2 + (u * kRows + r) * kUnit;
+          for (int64_t b = 0; b < 4; ++b) {  // block b of the unit: low nibbles for 0-1, high for 2-3
+            const int64_t index = u * 2 * kUnit + b * kBlock, g = index / group_size;
+            const float s = half_to_float(scales[row * groups + g]), m = half_to_float(lows[row * groups + g]);
+            const uint8_t* bytes = unit + (b % 2) * kBlock;
+            const int shift = b < 2 ? 0 : 4;
+            for (int64_t i = 0; i < kBlock; ++i) dst[index + i] = float((bytes[i] >> shift) & 0x0F) * s + m;
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("int8_dequantize", &int8_dequantize, "rows [begin, end) of a packed int8 weight as float32");
+  module.def("int4_dequantize", &int4_dequantize, "rows [begin, end) of a packed int4 weight as float32");
   module.def("int8_matmul", &int8_matmul, "x (M, K) float32 @ packed int8 weight -> (M, N) float32");
   module.def("int4_matmul", &int4_matmul, "x (M, K) float32 @ packed int4 weight -> (M, N) float32");
 }

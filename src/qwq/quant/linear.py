@@ -116,11 +116,12 @@ class Int8Linear(_QuantizedLinear):
     def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Rows [start, end) of the weight as float32 (start and end multiples of 4 on the native layout)."""
         end = self.out_features if end is None else end
-        if self.native:
-            q = native.unpack_int8(self.weight[start // native.ROWS : end // native.ROWS])
-        else:
-            q = self.weight[start:end]
-        return q.float() * self.scales[start:end].float()[:, None]
+        if not self.native:
+            return self.weight[start:end].float() * self.scales[start:end].float()[:, None]
+        if (kernels := native.kernels()) is not None:
+            return kernels.int8_dequantize(self.weight, self.scales, start, end)
+        q = native.unpack_int8(self.weight[start // native.ROWS : end // native.ROWS])
+        return q.float() * self.scales[start:end][:, None]
 
     def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
@@ -171,6 +172,8 @@ class Int4Linear(_QuantizedLinear):
     def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Rows [start, end) of the weight as float32 (native layout only: the dense path of prompts)."""
         end = self.out_features if end is None else end
+        if (kernels := native.kernels()) is not None:
+            return kernels.int4_dequantize(self.weight, self.scales, self.lows, self.group_size, start, end)
         q = native.unpack_int4(self.weight[start // native.ROWS : end // native.ROWS]).float()
         grouped = q.reshape(end - start, -1, self.group_size)
         scale, low = self.scales[start:end].float()[..., None], self.lows[start:end].float()[..., None]
