@@ -363,10 +363,14 @@ torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, con
   return out;
 }
 
+void check_row_range(int64_t begin, int64_t end, int64_t n) {
+  TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
+}
+
 // Rows [begin, end) (multiples of 4) of a packed weight as float32: prompts multiply them in a dense GEMM.
 torch::Tensor int8_dequantize(const torch::Tensor& data, const torch::Tensor& scale, int64_t begin, int64_t end) {
   const int64_t n = data.size(0) * kRows, k = data.size(1) / kRows;
-  TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
+  check_row_range(begin, end, n);
   auto out = torch::empty({end - begin, k}, torch::kFloat32);
   const auto* w = reinterpret_cast<const int8_t*>(data.data_ptr<uint8_t>());
   const float* row_scale = scale.data_ptr<float>();
@@ -390,7 +394,7 @@ torch::Tensor int8_dequantize(const torch::Tensor& data, const torch::Tensor& sc
 torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& scale, const torch::Tensor& low,
                               int64_t group_size, int64_t begin, int64_t end) {
   const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows, groups = k / group_size;
-  TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
+  check_row_range(begin, end, n);
   auto out = torch::empty({end - begin, k}, torch::kFloat32);
   const uint8_t* w = data.data_ptr<uint8_t>();
   const at::Half* scales = scale.data_ptr<at::Half>();
