@@ -49,7 +49,12 @@ def test_every_linear_is_quantized(quantized):
     linears = [m for m in model.network.modules() if isinstance(m, torch.nn.Linear)]
     assert linears == []
     assert isinstance(model.network.lm_head, kind)
-    assert sum(isinstance(m, kind) for m in model.network.modules()) == 7 * model.config.num_hidden_layers + 1
+    layers, config = model.network.model.layers, model.config
+    assert sum(isinstance(m, kind) for m in model.network.modules()) == 4 * len(layers) + 1  # q/k/v, gate/up fused
+    heads = config.num_attention_heads + 2 * config.num_key_value_heads
+    assert layers[0].self_attn.qkv_proj.out_features == heads * config.head_dim
+    assert layers[0].mlp.gate_up_proj.out_features == 2 * config.intermediate_size
+    assert all(layer.native_step is not None for layer in layers)  # decode runs each layer as one C++ call
     assert model.num_parameters() == sum(p.numel() for p in build_empty(model.config).parameters())
 
 

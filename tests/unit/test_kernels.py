@@ -10,14 +10,9 @@ import torch
 
 from qwq.quant import native
 
+from kernel_builds import build_kernels
+
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the instruction-set variants are x86's")
-
-VARIANTS = {"native": ("-march=native",), "avx2": ("-march=x86-64-v3",), "portable": ("-march=x86-64",)}
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def kernels(request):
-    return native.build(VARIANTS[request.param], name=f"qwq_kernels_{request.param}")
 
 
 def _relative(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -66,7 +61,7 @@ def test_int4_product(kernels, in_features, out_features, group_size):
 def test_every_instruction_set_computes_the_same(kernels):
     """The vector paths sum in other orders than the portable one, but the same integer products."""
     torch.manual_seed(7)
-    portable = native.build(VARIANTS["portable"], name="qwq_kernels_portable")
+    portable = build_kernels("portable")
     x, q = torch.randn(3, 1536), torch.randint(0, 16, (64, 1536), dtype=torch.uint8)
     scale, low = (torch.rand(64, 48) * 0.01).half(), (torch.randn(64, 48) * 0.05).half()
     packed = native.pack_int4(q)

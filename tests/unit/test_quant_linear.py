@@ -87,6 +87,6 @@ def test_tied_head_is_quantized_from_the_embedding(tmp_path, mode):
     # The tiny vocabulary (263) is no multiple of 16, so int4 stores the head as int8; the rest stays int4.
     assert isinstance(quantized.network.lm_head, Int8Linear)
     expected_type = Int8Linear if mode == "int8" else Int4Linear
-    assert isinstance(quantized.network.model.layers[0].mlp.up_proj, expected_type)
+    assert isinstance(quantized.network.model.layers[0].mlp.gate_up_proj, expected_type)  # gate and up, fused
     embedding = dense.network.model.embed_tokens.weight
     assert _relative_error(quantized.network.lm_head.dequantized(), embedding) < 0.01

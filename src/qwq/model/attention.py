@@ -22,7 +22,15 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=True)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        # q, k and v in one quantized matrix, set by qwq.quant.decode_path after loading (then q/k/v_proj are gone)
+        self.qkv_proj: nn.Module | None = None
         self.kv_cache: KVCache | None = None
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv_width = self.num_kv_heads * self.head_dim
+        return self.qkv_proj(x).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
 
     def forward(
         self,
@@ -38,9 +46,10 @@ class Attention(nn.Module):
         key, or None for one query (attends to everything) or a whole sequence from position 0 (plain
         causal). With `slots` (B,), row b uses KV-cache slot slots[b] and `positions` is (B, T)."""
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k, v = self._project(x)
+        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         if slots is not None:

@@ -7,6 +7,8 @@ loads with no name map. References: Qwen2 technical report (arXiv:2407.10671); H
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,6 +35,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # the whole layer's decode step in one C++ call (qwq.quant.decode_path sets it for quantized models)
+        self.native_step: Callable | None = None
 
     def forward(
         self,
@@ -44,6 +48,9 @@ class DecoderLayer(nn.Module):
         end: int,
         slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        cache = self.self_attn.kv_cache
+        if self.native_step is not None and x.shape[1] == 1 and x.dtype == torch.float32 and cache is not None:
+            return self.native_step(x, cache.k, cache.v, cos, sin, slots, positions)  # what the lines below compute
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end, slots)
         return x + self.mlp(self.post_attention_layernorm(x))
 

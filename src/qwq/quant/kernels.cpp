@@ -30,6 +30,9 @@ namespace {
 constexpr int64_t kBlock = 32;   // activation quantization block
 constexpr int64_t kUnit = 64;    // bytes of one row stored contiguously before the next row's
 constexpr int kRows = 4;         // rows interleaved and computed together
+constexpr int64_t kAhead = 16384;  // bytes of weights prefetched ahead of the loop (hardware prefetch stops at pages)
+
+inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
 inline float half_to_float(at::Half h) {
 #if defined(__F16C__)
@@ -140,6 +143,7 @@ void int8_four_rows(const uint8_t* data, int64_t k, const Activations<int16_t>& 
     const __m512i xv = _mm512_loadu_si512(x.values + b * kBlock);
     const __m512 scale = _mm512_set1_ps(x.scales[b]);
     for (int r = 0; r < kRows; ++r) {
+      if (b % 2 == 0) prefetch(block(r, b) + kAhead);
       const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block(r, b))));
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), wv, xv)), scale, acc[r]);
     }
@@ -154,6 +158,7 @@ void int8_four_rows(const uint8_t* data, int64_t k, const Activations<int16_t>& 
     const __m256 scale = _mm256_set1_ps(x.scales[b]);
     for (int r = 0; r < kRows; ++r) {
       const int8_t* w = block(r, b);
+      if (b % 2 == 0) prefetch(w + kAhead);
       const __m256i w_first = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
       const __m256i w_second = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
       const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(w_first, x_first), _mm256_madd_epi16(w_second, x_second));
@@ -221,6 +226,7 @@ void int4_four_rows(const uint8_t* data, int64_t k, const at::Half* scale, const
     const __m512i x_high = _mm512_loadu_si512(x.values + u * 128 + 64);
     const __m128 x_scales = _mm_loadu_ps(x.scales + u * 4);
     for (int r = 0; r < kRows; ++r) {
+      prefetch(data + (u * kRows + r) * kUnit + kAhead);
       const __m512i packed = _mm512_loadu_si512(data + (u * kRows + r) * kUnit);
       const __m512i q_low = _mm512_and_si512(packed, nibble);
       const __m512i q_high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
@@ -247,6 +253,7 @@ void int4_four_rows(const uint8_t* data, int64_t k, const at::Half* scale, const
       const __m256i x_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b_low * kBlock));
       const __m256i x_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b_high * kBlock));
       for (int r = 0; r < kRows; ++r) {
+        if (half == 0) prefetch(data + (u * kRows + r) * kUnit + kAhead);
         const __m256i packed = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(data + (u * kRows + r) * kUnit + half * kBlock));
         const __m256i q_low = _mm256_and_si256(packed, nibble);
@@ -305,11 +312,21 @@ void check_shapes(const torch::Tensor& x, const torch::Tensor& data, int64_t k, 
   TORCH_CHECK(n % kRows == 0 && k % (2 * kUnit) == 0, "weights need N divisible by 4 and K by 128");
 }
 
+// the layer's bias (N float32 values) added to each output row, or none
+const float* bias_values(const c10::optional<torch::Tensor>& bias, int64_t n) {
+  if (!bias.has_value()) return nullptr;
+  TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == n,
+              "bias must be ", n, " contiguous float32 values");
+  return bias->data_ptr<float>();
+}
+
 }  // namespace
 
-torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale) {
+torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale,
+                          const c10::optional<torch::Tensor>& bias) {
   const int64_t n = data.size(0) * kRows, k = data.size(1) / kRows, m = x.size(0);
   check_shapes(x, data, k, n);
+  const float* add = bias_values(bias, n);
   TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.numel() == n, "one float32 scale per row expected");
   const QuantizedActivations<int16_t> quantized(x.data_ptr<float>(), m, k);
   auto out = torch::empty({m, n}, x.options());
@@ -321,7 +338,10 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, con
     for (int64_t quad = begin; quad < end; ++quad) {
       for (int64_t r = 0; r < m; ++r) {
         int8_four_rows(w + quad * kRows * k, k, quantized.row(r), dots);
-        for (int i = 0; i < kRows; ++i) y[r * n + quad * kRows + i] = dots[i] * row_scale[quad * kRows + i];
+        for (int i = 0; i < kRows; ++i) {
+          const int64_t row = quad * kRows + i;
+          y[r * n + row] = dots[i] * row_scale[row] + (add ? add[row] : 0.f);
+        }
       }
     }
   });
@@ -329,9 +349,10 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, con
 }
 
 torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale,
-                          const torch::Tensor& low, int64_t group_size) {
+                          const torch::Tensor& low, int64_t group_size, const c10::optional<torch::Tensor>& bias) {
   const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows, m = x.size(0);
   check_shapes(x, data, k, n);
+  const float* add = bias_values(bias, n);
   const Int4Rows four_rows = int4_rows_for(group_size);
   TORCH_CHECK(k % group_size == 0, "group size ", group_size, " does not divide K ", k);
   const int64_t groups = k / group_size;
@@ -356,7 +377,7 @@ torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, con
       for (int64_t r = 0; r < m; ++r) {
         four_rows(w + first * k / 2, k, scales + first * groups, lows + first * groups, quantized.row(r),
                   group_sums.data() + r * groups, dots);
-        for (int i = 0; i < kRows; ++i) y[r * n + first + i] = dots[i];
+        for (int i = 0; i < kRows; ++i) y[r * n + first + i] = dots[i] + (add ? add[first + i] : 0.f);
       }
     }
   });
@@ -421,9 +442,16 @@ torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& sc
   return out;
 }
 
+// step_kernels.cpp: a decoder layer's decode step and its parts
+void register_step_kernels(pybind11::module& module);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("int8_dequantize", &int8_dequantize, "rows [begin, end) of a packed int8 weight as float32");
   module.def("int4_dequantize", &int4_dequantize, "rows [begin, end) of a packed int4 weight as float32");
-  module.def("int8_matmul", &int8_matmul, "x (M, K) float32 @ packed int8 weight -> (M, N) float32");
-  module.def("int4_matmul", &int4_matmul, "x (M, K) float32 @ packed int4 weight -> (M, N) float32");
+  module.def("int8_matmul", &int8_matmul, "x (M, K) float32 @ packed int8 weight (+ bias) -> (M, N) float32",
+             py::arg("x"), py::arg("data"), py::arg("scale"), py::arg("bias") = py::none());
+  module.def("int4_matmul", &int4_matmul, "x (M, K) float32 @ packed int4 weight (+ bias) -> (M, N) float32",
+             py::arg("x"), py::arg("data"), py::arg("scale"), py::arg("low"), py::arg("group_size"),
+             py::arg("bias") = py::none());
+  register_step_kernels(module);
 }

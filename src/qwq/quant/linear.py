@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -73,16 +74,15 @@ class _QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if not self.native:
-            out = self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE))
-        elif flat.shape[0] <= _DECODE_ROWS and (kernels := native.kernels()) is not None:
-            out = self._native_matmul(kernels, flat.float().contiguous())
+        if self.native and flat.shape[0] <= _DECODE_ROWS and (kernels := native.kernels()) is not None:
+            bias = None if self.bias is None else self.bias.float()
+            out = self._native_matmul(kernels, flat.float().contiguous(), bias).to(x.dtype)  # bias added in C++
         else:
-            out = self._dense_matmul(flat)
-        out = out.to(x.dtype)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+            out = self._dense_matmul(flat) if self.native else self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE))
+            out = out.to(x.dtype)
+            if self.bias is not None:
+                out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
 
     def _dense_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         """Prompt-sized inputs: dequantize the weight a slice of rows at a time and use a dense GEMM."""
@@ -126,8 +126,13 @@ class Int8Linear(_QuantizedLinear):
     def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
 
-    def _native_matmul(self, kernels, flat: torch.Tensor) -> torch.Tensor:
-        return kernels.int8_matmul(flat, self.weight, self.scales)
+    def _native_matmul(self, kernels, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return kernels.int8_matmul(flat, self.weight, self.scales, bias)
+
+    def native_matrix(self, kernels):
+        """This layer as the C++ step kernels take it (native layout only)."""
+        bias = None if self.bias is None else self.bias.float()
+        return kernels.QuantizedMatrix(self.weight, self.scales, None, bias, 0)
 
 
 class Int4Linear(_QuantizedLinear):
@@ -182,8 +187,34 @@ class Int4Linear(_QuantizedLinear):
     def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group_size, self.scales_and_zeros)
 
-    def _native_matmul(self, kernels, flat: torch.Tensor) -> torch.Tensor:
-        return kernels.int4_matmul(flat, self.weight, self.scales, self.lows, self.group_size)
+    def _native_matmul(self, kernels, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return kernels.int4_matmul(flat, self.weight, self.scales, self.lows, self.group_size, bias)
+
+    def native_matrix(self, kernels):
+        """This layer as the C++ step kernels take it (native layout only)."""
+        bias = None if self.bias is None else self.bias.float()
+        return kernels.QuantizedMatrix(self.weight, self.scales, self.lows, bias, self.group_size)
 
 
 QuantizedLinear = Int8Linear | Int4Linear
+
+
+def concatenate_rows(parts: Sequence[QuantizedLinear]) -> QuantizedLinear:
+    """One layer whose output is the parts' outputs side by side: their stored rows one after the other.
+
+    The parts must be of one kind, layout, input size and group size (see `qwq.quant.fuse`)."""
+    first = parts[0]
+    out_features = sum(part.out_features for part in parts)
+    bias = first.bias is not None
+    with torch.device("meta"):  # every buffer is replaced below
+        if isinstance(first, Int4Linear):
+            fused = Int4Linear(first.in_features, out_features, bias, first.group_size)
+        else:
+            fused = Int8Linear(first.in_features, out_features, bias)
+    fused.native = first.native  # the parts' layout, whatever the fused shape alone would choose
+    for name, _ in first.named_buffers(recurse=False):
+        row_dim = 1 if name == "scales_and_zeros" else 0  # torch's int4 layout keeps (groups, N, 2)
+        setattr(fused, name, torch.cat([getattr(part, name) for part in parts], dim=row_dim))
+    if bias:
+        fused.bias = nn.Parameter(torch.cat([part.bias for part in parts]), requires_grad=False)
+    return fused

@@ -24,7 +24,8 @@ from qwq.local_models import qwq_home
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.cpp")
+# the quantized matmuls, and the rest of a decode step (RMSNorm, one token's attention)
+SOURCES = (Path(__file__).with_name("kernels.cpp"), Path(__file__).with_name("step_kernels.cpp"))
 ROWS = 4  # rows interleaved in the packed layouts
 UNIT = 64  # bytes of one row before the next row's
 INT4_CHUNK = 128  # weights per 64 bytes of int4
@@ -45,14 +46,13 @@ def build(flags: tuple[str, ...] = ("-march=native",), name: str = "qwq_kernels"
     """Compile (or load the cached build of) the kernels with these compiler flags."""
     from torch.utils import cpp_extension
 
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[
-        :16
-    ]
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\n".join([*texts, torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[:16]
     directory = qwq_home() / "build" / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"{name}_{key}",
-        sources=[str(SOURCE)],
+        sources=[str(source) for source in SOURCES],
         extra_cflags=["-O3", "-fopenmp", *flags],  # OpenMP: ATen's parallel_for is inline OpenMP code
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
