@@ -36,6 +36,8 @@ def test_int8_product(kernels, in_features, out_features, rows):
     assert _relative(got, expected) < 1e-4  # int16 activations: close to exact
     rows_4_to_12 = kernels.int8_dequantize(native.pack_int8(q), scale, 4, 12)  # the prompt path's weights
     assert torch.equal(rows_4_to_12, q[4:12].float() * scale[4:12, None])
+    as_bfloat16 = kernels.int8_dequantize(native.pack_int8(q), scale, 4, 12, True)  # rounded as torch rounds
+    assert torch.equal(as_bfloat16, rows_4_to_12.bfloat16())
 
 
 INT4_CASES = [(i, o, g) for i, o in SHAPES for g in (32, 64, 128, 256) if i % g == 0]
@@ -56,6 +58,8 @@ def test_int4_product(kernels, in_features, out_features, group_size):
     assert _relative(got, expected) < 0.02  # int8 activations in blocks of 32: about 1% here
     rows_8_to_16 = kernels.int4_dequantize(native.pack_int4(q), scale, low, group_size, 8, 16)
     assert torch.allclose(rows_8_to_16, weight.reshape(out_features, in_features)[8:16], atol=1e-6)
+    as_bfloat16 = kernels.int4_dequantize(native.pack_int4(q), scale, low, group_size, 8, 16, True)
+    assert torch.equal(as_bfloat16, rows_8_to_16.bfloat16())
 
 
 def test_every_instruction_set_computes_the_same(kernels):

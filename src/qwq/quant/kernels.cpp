@@ -388,44 +388,42 @@ void check_row_range(int64_t begin, int64_t end, int64_t n) {
   TORCH_CHECK(begin % kRows == 0 && end % kRows == 0 && 0 <= begin && begin <= end && end <= n, "bad row range");
 }
 
-// Rows [begin, end) (multiples of 4) of a packed weight as float32: prompts multiply them in a dense GEMM.
-torch::Tensor int8_dequantize(const torch::Tensor& data, const torch::Tensor& scale, int64_t begin, int64_t end) {
-  const int64_t n = data.size(0) * kRows, k = data.size(1) / kRows;
-  check_row_range(begin, end, n);
-  auto out = torch::empty({end - begin, k}, torch::kFloat32);
+namespace {
+
+// Rows [begin, end) (multiples of 4) of a packed weight as float32 or bfloat16 (rounded to nearest even, as
+// torch's own conversion rounds): prompts multiply them in a dense GEMM.
+template <typename Out>
+void int8_rows(const torch::Tensor& data, const torch::Tensor& scale, int64_t begin, int64_t end, Out* y) {
+  const int64_t k = data.size(1) / kRows;
   const auto* w = reinterpret_cast<const int8_t*>(data.data_ptr<uint8_t>());
   const float* row_scale = scale.data_ptr<float>();
-  float* y = out.data_ptr<float>();
   at::parallel_for(begin / kRows, end / kRows, 1, [&](int64_t first, int64_t last) {
     for (int64_t quad = first; quad < last; ++quad) {
       for (int r = 0; r < kRows; ++r) {
         const int64_t row = quad * kRows + r;
-        float* dst = y + (row - begin) * k;
+        Out* dst = y + (row - begin) * k;
         const float s = row_scale[row];
         for (int64_t u = 0; u < k / kUnit; ++u) {
           const int8_t* unit = w + quad * kRows * k + (u * kRows + r) * kUnit;
-          for (int64_t i = 0; i < kUnit; ++i) dst[u * kUnit + i] = float(unit[i]) * s;
+          for (int64_t i = 0; i < kUnit; ++i) dst[u * kUnit + i] = Out(float(unit[i]) * s);
         }
       }
     }
   });
-  return out;
 }
 
-torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& scale, const torch::Tensor& low,
-                              int64_t group_size, int64_t begin, int64_t end) {
-  const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows, groups = k / group_size;
-  check_row_range(begin, end, n);
-  auto out = torch::empty({end - begin, k}, torch::kFloat32);
+template <typename Out>
+void int4_rows(const torch::Tensor& data, const torch::Tensor& scale, const torch::Tensor& low, int64_t group_size,
+               int64_t begin, int64_t end, Out* y) {
+  const int64_t k = data.size(1) * 2 / kRows, groups = k / group_size;
   const uint8_t* w = data.data_ptr<uint8_t>();
   const at::Half* scales = scale.data_ptr<at::Half>();
   const at::Half* lows = low.data_ptr<at::Half>();
-  float* y = out.data_ptr<float>();
   at::parallel_for(begin / kRows, end / kRows, 1, [&](int64_t first, int64_t last) {
     for (int64_t quad = first; quad < last; ++quad) {
       for (int r = 0; r < kRows; ++r) {
         const int64_t row = quad * kRows + r;
-        float* dst = y + (row - begin) * k;
+        Out* dst = y + (row - begin) * k;
         for (int64_t u = 0; u < k / (2 * kUnit); ++u) {
           const uint8_t* unit = w + quad * kRows * k / 2 + (u * kRows + r) * kUnit;
           for (int64_t b = 0; b < 4; ++b) {  // block b of the unit: low nibbles for 0-1, high for 2-3
@@ -433,12 +431,39 @@ torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& sc
             const float s = half_to_float(scales[row * groups + g]), m = half_to_float(lows[row * groups + g]);
             const uint8_t* bytes = unit + (b % 2) * kBlock;
             const int shift = b < 2 ? 0 : 4;
-            for (int64_t i = 0; i < kBlock; ++i) dst[index + i] = float((bytes[i] >> shift) & 0x0F) * s + m;
+            for (int64_t i = 0; i < kBlock; ++i) dst[index + i] = Out(float((bytes[i] >> shift) & 0x0F) * s + m);
           }
         }
       }
     }
   });
+}
+
+}  // namespace
+
+torch::Tensor int8_dequantize(const torch::Tensor& data, const torch::Tensor& scale, int64_t begin, int64_t end,
+                              bool bfloat16) {
+  const int64_t n = data.size(0) * kRows, k = data.size(1) / kRows;
+  check_row_range(begin, end, n);
+  auto out = torch::empty({end - begin, k}, bfloat16 ? torch::kBFloat16 : torch::kFloat32);
+  if (bfloat16) {
+    int8_rows(data, scale, begin, end, out.data_ptr<at::BFloat16>());
+  } else {
+    int8_rows(data, scale, begin, end, out.data_ptr<float>());
+  }
+  return out;
+}
+
+torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& scale, const torch::Tensor& low,
+                              int64_t group_size, int64_t begin, int64_t end, bool bfloat16) {
+  const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows;
+  check_row_range(begin, end, n);
+  auto out = torch::empty({end - begin, k}, bfloat16 ? torch::kBFloat16 : torch::kFloat32);
+  if (bfloat16) {
+    int4_rows(data, scale, low, group_size, begin, end, out.data_ptr<at::BFloat16>());
+  } else {
+    int4_rows(data, scale, low, group_size, begin, end, out.data_ptr<float>());
+  }
   return out;
 }
 
@@ -446,8 +471,11 @@ torch::Tensor int4_dequantize(const torch::Tensor& data, const torch::Tensor& sc
 void register_step_kernels(pybind11::module& module);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("int8_dequantize", &int8_dequantize, "rows [begin, end) of a packed int8 weight as float32");
-  module.def("int4_dequantize", &int4_dequantize, "rows [begin, end) of a packed int4 weight as float32");
+  module.def("int8_dequantize", &int8_dequantize, "rows [begin, end) of a packed int8 weight as float32 or bfloat16",
+             py::arg("data"), py::arg("scale"), py::arg("begin"), py::arg("end"), py::arg("bfloat16") = false);
+  module.def("int4_dequantize", &int4_dequantize, "rows [begin, end) of a packed int4 weight as float32 or bfloat16",
+             py::arg("data"), py::arg("scale"), py::arg("low"), py::arg("group_size"), py::arg("begin"),
+             py::arg("end"), py::arg("bfloat16") = false);
   module.def("int8_matmul", &int8_matmul, "x (M, K) float32 @ packed int8 weight (+ bias) -> (M, N) float32",
              py::arg("x"), py::arg("data"), py::arg("scale"), py::arg("bias") = py::none());
   module.def("int4_matmul", &int4_matmul, "x (M, K) float32 @ packed int4 weight (+ bias) -> (M, N) float32",

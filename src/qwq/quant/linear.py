@@ -85,14 +85,15 @@ class _QuantizedLinear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
     def _dense_matmul(self, flat: torch.Tensor) -> torch.Tensor:
-        """Prompt-sized inputs: dequantize the weight a slice of rows at a time and use a dense GEMM."""
+        """Prompt-sized inputs: dequantize the weight a slice of rows at a time and use a dense GEMM, each slice's
+        product written straight into its columns of the output."""
         dtype = _dense_dtype()
         flat = flat.to(dtype)
-        slices = []
+        out = torch.empty(flat.shape[0], self.out_features, dtype=dtype, device=flat.device)
         for start in range(0, self.out_features, _ROWS_PER_CHUNK):
             end = min(start + _ROWS_PER_CHUNK, self.out_features)
-            slices.append(flat @ self.dequantized(start, end).to(dtype).t())
-        return torch.cat(slices, dim=1)
+            torch.mm(flat, self.dequantized(start, end, dtype).t(), out=out[:, start:end])
+        return out
 
 
 class Int8Linear(_QuantizedLinear):
@@ -113,15 +114,15 @@ class Int8Linear(_QuantizedLinear):
         self.weight = native.pack_int8(q) if self.native else q
         self.scales = torch.cat(scales).to(self.scales.dtype)
 
-    def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Rows [start, end) of the weight as float32 (start and end multiples of 4 on the native layout)."""
+    def dequantized(self, start: int = 0, end: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows [start, end) of the weight as `dtype` (start and end multiples of 4 on the native layout)."""
         end = self.out_features if end is None else end
         if not self.native:
-            return self.weight[start:end].float() * self.scales[start:end].float()[:, None]
+            return (self.weight[start:end].float() * self.scales[start:end].float()[:, None]).to(dtype)
         if (kernels := native.kernels()) is not None:
-            return kernels.int8_dequantize(self.weight, self.scales, start, end)
+            return kernels.int8_dequantize(self.weight, self.scales, start, end, dtype == torch.bfloat16).to(dtype)
         q = native.unpack_int8(self.weight[start // native.ROWS : end // native.ROWS])
-        return q.float() * self.scales[start:end][:, None]
+        return (q.float() * self.scales[start:end][:, None]).to(dtype)
 
     def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales)
@@ -174,15 +175,17 @@ class Int4Linear(_QuantizedLinear):
         else:  # torch's kernel computes (q - 8) * scale + zero
             self.scales_and_zeros = torch.stack([scale.t(), (low + 8.0 * scale).t()], dim=-1).to(_TORCH_COMPUTE_DTYPE)
 
-    def dequantized(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Rows [start, end) of the weight as float32 (native layout only: the dense path of prompts)."""
+    def dequantized(self, start: int = 0, end: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows [start, end) of the weight as `dtype` (native layout only: the dense path of prompts)."""
         end = self.out_features if end is None else end
         if (kernels := native.kernels()) is not None:
-            return kernels.int4_dequantize(self.weight, self.scales, self.lows, self.group_size, start, end)
+            as_bf16 = dtype == torch.bfloat16
+            rows = kernels.int4_dequantize(self.weight, self.scales, self.lows, self.group_size, start, end, as_bf16)
+            return rows.to(dtype)
         q = native.unpack_int4(self.weight[start // native.ROWS : end // native.ROWS]).float()
         grouped = q.reshape(end - start, -1, self.group_size)
         scale, low = self.scales[start:end].float()[..., None], self.lows[start:end].float()[..., None]
-        return (grouped * scale + low).reshape(end - start, self.in_features)
+        return (grouped * scale + low).reshape(end - start, self.in_features).to(dtype)
 
     def _torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.weight, self.group_size, self.scales_and_zeros)
