@@ -29,7 +29,7 @@ from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
 from qwq.weights import safetensors as safetensors_weights
 from qwq.weights.gguf import GGUFFile
-from qwq.weights.loader import build_empty, load_weights
+from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_table_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,12 @@ def _load_gguf(path: Path, options: LoadOptions) -> Model:
     tokenizer = Tokenizer.from_gguf(gguf)
     network, context = _prepare(config, options, str(path))
     if options.device.type != "meta":
-        tensors = gguf.tensors(torch.float32 if options.quant else options.dtype)  # quantize from full precision
+        # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in
+        table = {EMBEDDING: quantized_table_dtype(options.dtype)} if options.quant else None
+        quantized = [
+            f"{name}.weight" for name, module in network.named_modules() if isinstance(module, QuantizedLinear)
+        ]
+        tensors = gguf.tensors(torch.float32 if options.quant else options.dtype, table, row_blocks=set(quantized))
         network = load_weights(network, tensors, str(path), options.dtype, options.device, options.progress)
     defaults = GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer))
     return Model(network, tokenizer, defaults, str(path), context)

@@ -1,4 +1,5 @@
-"""How much memory a model will need before it is loaded, and a clear refusal when it will not fit.
+"""How much memory a model will need before it is loaded, a clear refusal when it will not fit, and handing
+freed heap pages back while loading.
 
 The estimate is read off the model built on the `meta` device (after any quantization swap), so it knows
 every stored byte exactly: float parameters at the load dtype, packed quantized weights and their scales.
@@ -9,8 +10,10 @@ the GPU's free memory), optionally capped by `QWQ_MAX_MEMORY_GIB`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -92,3 +95,19 @@ def check_fits(need: MemoryEstimate, device: torch.device, source: str, quantize
     raise InsufficientMemoryError(
         f"{source} needs about {need.describe()}, but only {have / GIB:.1f} GiB is available on {device.type}{hint}"
     )
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system: the float copies that quantization and dtype conversion
+    free while loading would otherwise stay resident (glibc keeps them for reuse) and lift the peak."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

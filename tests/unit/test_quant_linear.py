@@ -90,3 +90,32 @@ def test_tied_head_is_quantized_from_the_embedding(tmp_path, mode):
     assert isinstance(quantized.network.model.layers[0].mlp.gate_up_proj, expected_type)  # gate and up, fused
     embedding = dense.network.model.embed_tokens.weight
     assert _relative_error(quantized.network.lm_head.dequantized(), embedding) < 0.01
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_weight_given_in_blocks_of_rows_quantizes_to_the_same_bytes(kind):
+    """Loading hands quantized layers their weight as blocks of rows (no whole float copy): same result."""
+    torch.manual_seed(3)
+    weight = torch.randn(2064, 256)
+
+    def layer():
+        return Int8Linear(256, 2064, bias=False) if kind == "int8" else Int4Linear(256, 2064, bias=False, group_size=32)
+
+    whole, in_blocks = layer(), layer()
+    whole.set_weight(weight)
+    in_blocks.set_weight(iter(weight.split(512)))
+    for name, buffer in whole.named_buffers():
+        assert torch.equal(buffer, getattr(in_blocks, name)), name
+    with pytest.raises(qwq.InvalidRequestError, match="2000 rows, the layer 2064"):
+        layer().set_weight(iter(weight[:2000].split(400)))
+
+
+def test_gguf_row_blocks_read_what_the_whole_tensor_holds(tmp_path):
+    from qwq.weights.gguf import GGUFFile, RowBlocks
+
+    gguf = GGUFFile(write_gguf(tmp_path / "q8.gguf", QType.Q8_0))
+    name = "model.layers.0.mlp.down_proj.weight"
+    whole = dict(gguf.tensors())[name]
+    blocks = dict(gguf.tensors(row_blocks={name}))[name]
+    assert isinstance(blocks, RowBlocks) and blocks.shape == tuple(whole.shape)
+    assert torch.equal(torch.cat(list(RowBlocks(blocks.shape, blocks.read, rows_per_block=100))), whole)

@@ -17,6 +17,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from qwq.memory import return_freed_memory
 from qwq.quant import native
 from qwq.quant.linear import QuantizedLinear, concatenate_rows
 
@@ -47,6 +48,7 @@ def fuse_quantized_projections(model: nn.Module) -> nn.Module:
         if _fusable(parts):
             mlp.gate_up_proj = concatenate_rows(parts)
             del mlp.gate_proj, mlp.up_proj
+        return_freed_memory()  # the parts just replaced, before the next layer's copies
     return model
 
 

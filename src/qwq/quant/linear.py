@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +47,18 @@ def native_kernels_wanted(in_features: int, out_features: int) -> bool:
 
 def _dense_dtype() -> torch.dtype:
     return torch.bfloat16 if native.fast_bfloat16() else torch.float32
+
+
+def _row_blocks(weight: torch.Tensor | Iterable[torch.Tensor], rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, end, block) over a weight's rows: a tensor is split here, an iterable already comes in blocks
+    (whose sizes must keep the native layouts' groups of four rows whole)."""
+    blocks = weight.split(_ROWS_PER_CHUNK) if isinstance(weight, torch.Tensor) else weight
+    start = 0
+    for block in blocks:
+        yield start, start + block.shape[0], block
+        start += block.shape[0]
+    if start != rows:
+        raise InvalidRequestError(f"weight has {start} rows, the layer {rows}")
 
 
 def _quantize_int8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,11 +120,17 @@ class Int8Linear(_QuantizedLinear):
         self.register_buffer("scales", torch.empty(out_features, dtype=scale_dtype))
 
     @torch.no_grad()
-    def set_weight(self, weight: torch.Tensor) -> None:
-        values, scales = zip(*(_quantize_int8(rows) for rows in weight.split(_ROWS_PER_CHUNK)), strict=True)
-        q = torch.cat(values)
-        self.weight = native.pack_int8(q) if self.native else q
-        self.scales = torch.cat(scales).to(self.scales.dtype)
+    def set_weight(self, weight: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Quantize a float weight (N, K), or the same as blocks of rows in order, a block at a time."""
+        stored = torch.empty(self.weight.shape, dtype=self.weight.dtype)
+        scales = torch.empty(self.scales.shape, dtype=self.scales.dtype)
+        for start, end, rows in _row_blocks(weight, self.out_features):
+            q, scales[start:end] = _quantize_int8(rows)
+            if self.native:
+                stored[start // native.ROWS : end // native.ROWS] = native.pack_int8(q)
+            else:
+                stored[start:end] = q
+        self.weight, self.scales = stored, scales
 
     def dequantized(self, start: int = 0, end: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Rows [start, end) of the weight as `dtype` (start and end multiples of 4 on the native layout)."""
@@ -158,22 +176,27 @@ class Int4Linear(_QuantizedLinear):
             self.register_buffer("scales_and_zeros", torch.empty(groups, out_features, 2, dtype=_TORCH_COMPUTE_DTYPE))
 
     @torch.no_grad()
-    def set_weight(self, weight: torch.Tensor) -> None:
-        packed, scales, lows = [], [], []
-        for rows in weight.split(_ROWS_PER_CHUNK):
+    def set_weight(self, weight: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Quantize a float weight (N, K), or the same as blocks of rows in order, a block at a time."""
+        stored = torch.empty(self.weight.shape, dtype=self.weight.dtype)
+        if self.native:
+            scales = torch.empty(self.scales.shape, dtype=self.scales.dtype)
+            lows = torch.empty(self.lows.shape, dtype=self.lows.dtype)
+        else:
+            scales_and_zeros = torch.empty(self.scales_and_zeros.shape, dtype=self.scales_and_zeros.dtype)
+        for start, end, rows in _row_blocks(weight, self.out_features):
             q, scale, low = _quantize_int4(rows, self.group_size)
             if self.native:
-                packed.append(native.pack_int4(q))
-            else:
-                packed.append(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1))
-            scales.append(scale)
-            lows.append(low)
-        self.weight = torch.cat(packed)
-        scale, low = torch.cat(scales), torch.cat(lows)
+                stored[start // native.ROWS : end // native.ROWS] = native.pack_int4(q)
+                scales[start:end], lows[start:end] = scale, low
+            else:  # torch's kernel computes (q - 8) * scale + zero
+                stored[start:end] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+                scales_and_zeros[:, start:end] = torch.stack([scale.t(), (low + 8.0 * scale).t()], dim=-1)
+        self.weight = stored
         if self.native:
-            self.scales, self.lows = scale.to(torch.float16), low.to(torch.float16)
-        else:  # torch's kernel computes (q - 8) * scale + zero
-            self.scales_and_zeros = torch.stack([scale.t(), (low + 8.0 * scale).t()], dim=-1).to(_TORCH_COMPUTE_DTYPE)
+            self.scales, self.lows = scales, lows
+        else:
+            self.scales_and_zeros = scales_and_zeros
 
     def dequantized(self, start: int = 0, end: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Rows [start, end) of the weight as `dtype` (native layout only: the dense path of prompts)."""

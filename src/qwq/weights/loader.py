@@ -7,15 +7,14 @@ near the size of the final weights.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 
 import torch
 from torch import nn
 
 from qwq.config import ModelConfig
 from qwq.errors import ModelLoadError
+from qwq.memory import return_freed_memory
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.quant.decode_path import prepare_quantized_decode
 from qwq.quant.linear import QuantizedLinear
@@ -40,38 +39,28 @@ def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def quantized_table_dtype(dtype: torch.dtype) -> torch.dtype:
+    """A quantized model's embedding table: it reads one row per token, so bfloat16 halves its memory at no speed
+    cost (a tied LM head is quantized from this table, so a float32 copy of it never has to exist)."""
+    return torch.bfloat16 if dtype == torch.float32 else dtype
+
+
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, QuantizedLinear) and leaf == "weight":
-        module.set_weight(tensor.to(device))  # quantized from the checkpoint's own precision
+        # quantized from the checkpoint's own precision, whole or as it arrives in blocks of rows
+        module.set_weight(tensor.to(device) if isinstance(tensor, torch.Tensor) else tensor)
     elif name == EMBEDDING and isinstance(model.lm_head, QuantizedLinear):
-        # a quantized model reads one row of the table per token: bfloat16 halves its memory at no speed cost
-        table = tensor.to(device=device, dtype=torch.bfloat16 if dtype == torch.float32 else dtype)
+        table = tensor.to(device=device, dtype=quantized_table_dtype(dtype))
         module._parameters[leaf] = nn.Parameter(table, requires_grad=False)
     else:
         module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return None
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system after each tensor: the float copies that quantization and
-    dtype conversion free would otherwise stay resident (glibc keeps them for reuse) and lift the peak."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 def load_weights(
     model: Qwen2ForCausalLM,
-    tensors: Iterable[tuple[str, torch.Tensor]],
+    tensors: Iterable[tuple[str, torch.Tensor | Iterable[torch.Tensor]]],
     source: str,
     dtype: torch.dtype,
     device: torch.device,
@@ -96,10 +85,10 @@ def load_weights(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the config expects {expected[name]}"
             )
         _assign(model, name, tensor, dtype, device)
-        if tied and quantized_head and name == "model.embed_tokens.weight":
-            model.lm_head.set_weight(tensor.to(device))
         del tensor
-        _return_freed_memory()
+        if tied and quantized_head and name == EMBEDDING:
+            model.lm_head.set_weight(model.model.embed_tokens.weight)  # quantized 1024 rows at a time
+        return_freed_memory()
         loaded.add(name)
         if progress is not None:
             progress(len(loaded), len(expected))
@@ -110,4 +99,5 @@ def load_weights(
     if tied and not quantized_head:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset(device)
-    return prepare_quantized_decode(model)
+    prepare_quantized_decode(model)
+    return model
