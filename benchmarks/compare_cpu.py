@@ -2,10 +2,15 @@
 
 Configurations: qwq (bfloat16, int8, int4 on qwq's own kernels, int8 / int4 on PyTorch's packed kernels, and
 float32), llama.cpp (llama-cpp-python, the GGUF as stored), transformers (float32, bfloat16). Each runs in its
-own process, one after the other, so its peak RSS is its own. Also measures this machine's read bandwidth
-(the best of several full reads, before and after the runs) and prints each configuration's decode speed as a
-fraction of its roofline (bandwidth / bytes of weights read per token, embedding rows excluded), and for qwq
-its peak RSS over the bytes it stores (weights, embedding table and the KV cache the benchmark allocates).
+own process, one after the other, so its peak RSS is its own; `--rounds N` repeats the whole sequence and
+reports each configuration's median (the machine's speed drifts by minutes: rounds spread that over all).
+
+Also measures this machine's read bandwidth (the best of several full reads) just before and just after each
+configuration runs, and prints its decode speed as a fraction of its roofline (that bandwidth / bytes of weights
+read per token, embedding rows excluded): the bandwidth here swings by up to 1.7x from minute to minute, so a
+roofline from another minute would say little. For qwq it prints the peak RSS over the bytes it stores (weights,
+embedding table and the KV cache the benchmark allocates), raw and net of the runtime (the RSS of the same
+process with torch, qwq, its kernels and the tokenizer loaded, before any weight: 0.3 GiB here).
 
     pip install llama-cpp-python==0.3.36   # builds llama.cpp from source (about 6 minutes on 2 cores)
     python benchmarks/compare_cpu.py [--model qwen2.5-coder:0.5b] [--prompt-tokens 512] [--new-tokens 128]
@@ -58,10 +63,15 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
         os.environ["QWQ_KERNELS"] = "torch"
 
     import qwq
-    from qwq.engine.benchmark import run_benchmark
+    from qwq.engine.benchmark import proc_status_gib, run_benchmark
+    from qwq.quant import native
     from qwq.quant.linear import Int4Linear, Int8Linear
 
     quant = variant if variant.startswith("int") else None
+    qwq.load(args.path, device="meta")  # the tokenizer and config: the runtime without weights
+    if quant and kernels != "torchkernels":
+        native.kernels()
+    runtime = proc_status_gib("VmRSS")
     model = qwq.load(
         args.path, dtype=None if quant else variant, device="cpu", quant=quant, quant_group_size=args.group_size
     )
@@ -81,6 +91,7 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
         "decode": result.decode_tokens_per_s.median,
         "bytes_per_token": read,
         "stored": stored,
+        "runtime_rss": runtime,
     }
 
 
@@ -157,19 +168,39 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def read_bandwidth_gbs(threads: int, gib: int = 2) -> float:
-    """Read bandwidth: the fastest of seven sums of a `gib`-GiB float32 tensor (a ceiling: noise only slows)."""
+def read_bandwidth_gbs(threads: int, gib: int = 1) -> float:
+    """Read bandwidth: the fastest of five sums of a `gib`-GiB float32 tensor (a ceiling: noise only slows)."""
     import torch
 
     torch.set_num_threads(threads)
     data = torch.ones(gib * 2**28)
     data.sum()
     times = []
-    for _ in range(7):
+    for _ in range(5):
         start = time.perf_counter()
         data.sum()
         times.append(time.perf_counter() - start)
     return gib * 2**30 / min(times) / 1e9
+
+
+def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: Path) -> dict | None:
+    """One configuration in its own process, with the bandwidth read just before and after it."""
+    command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
+    for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    before = read_bandwidth_gbs(args.threads)
+    run = subprocess.run(command, capture_output=True, text=True)
+    bandwidth = max(before, read_bandwidth_gbs(args.threads))
+    if run.returncode != 0:
+        print(f"{config} failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    result = {**json.loads(run.stdout.strip().splitlines()[-1]), "bandwidth": bandwidth}
+    print(f"measured {config}: {result}", file=sys.stderr)
+    return result
+
+
+def _median_result(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def main() -> None:
@@ -179,6 +210,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, in turn")
     parser.add_argument("--group-size", type=int, default=32, help="qwq int4 group size")
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -197,39 +229,36 @@ def main() -> None:
     path = str(fetch(args.model))
     prompt_file = Path(tempfile.mkstemp(suffix=".json")[1])
     prompt_file.write_text(json.dumps(benchmark_prompt(Tokenizer.from_gguf(GGUFFile(Path(path))), args.prompt_tokens)))
-    bandwidth = read_bandwidth_gbs(args.threads)
-    results = {}
-    for config in args.only or CONFIGS:
-        command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
-        for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
-            command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            print(f"{config} failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            continue
-        results[config] = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"measured {config}: {results[config]}", file=sys.stderr)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for config in args.only or CONFIGS:
+            if (result := _run_config(args, config, path, prompt_file)) is not None:
+                runs.setdefault(config, []).append(result)
     prompt_file.unlink()
-    bandwidth = max(bandwidth, read_bandwidth_gbs(args.threads))
+    results = {config: _median_result(config_runs) for config, config_runs in runs.items()}
+    bandwidths = [r["bandwidth"] for r in results.values()]
 
     print(
         f"\n{args.model}: {args.prompt_tokens}-token prompt, {args.new_tokens} greedy new tokens, {args.threads} "
-        f"threads, median of {args.repeats}, qwq int4 groups of {args.group_size}; {platform.machine()}, "
-        f"read bandwidth {bandwidth:.1f} GB/s\n"
+        f"threads, median of {args.repeats} runs in each of {args.rounds} round(s), qwq int4 groups of "
+        f"{args.group_size}; {platform.machine()}, read bandwidth {min(bandwidths):.1f}-{max(bandwidths):.1f} GB/s\n"
     )
     anchors = [a for a in ("llama.cpp-gguf", "transformers-float32") if a in results]
     header = (
-        "| system | prefill tok/s | decode tok/s | peak RSS GiB | RSS ÷ stored | GB read/token | decode / roofline |"
+        "| system | prefill tok/s | decode tok/s | peak RSS GiB | RSS ÷ stored | net RSS ÷ stored | GB read/token "
+        "| bandwidth GB/s | decode / roofline |"
     )
     header += "".join(f" prefill × {a} | decode × {a} |" for a in anchors)
     print(header)
-    print("|---" * (7 + 2 * len(anchors)) + "|")
+    print("|---" * (9 + 2 * len(anchors)) + "|")
     for config, r in results.items():
-        roofline = bandwidth * 1e9 / r["bytes_per_token"]
+        roofline = r["bandwidth"] * 1e9 / r["bytes_per_token"]
         stored = f"{r['rss'] * 2**30 / r['stored']:.2f}" if "stored" in r else "–"
+        net = f"{(r['rss'] - r['runtime_rss']) * 2**30 / r['stored']:.2f}" if "stored" in r else "–"
         row = (
-            f"| {config} | {r['prefill']:.1f} | {r['decode']:.2f} | {r['rss']:.2f} | {stored} | "
-            f"{r['bytes_per_token'] / 1e9:.3f} | {r['decode'] / roofline:.0%} of {roofline:.0f} |"
+            f"| {config} | {r['prefill']:.1f} | {r['decode']:.2f} | {r['rss']:.2f} | {stored} | {net} | "
+            f"{r['bytes_per_token'] / 1e9:.3f} | {r['bandwidth']:.1f} | "
+            f"{r['decode'] / roofline:.0%} of {roofline:.0f} |"
         )
         for anchor in anchors:
             base = results[anchor]

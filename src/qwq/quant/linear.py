@@ -93,7 +93,7 @@ class _QuantizedLinear(nn.Module):
             out = self._dense_matmul(flat) if self.native else self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE))
             out = out.to(x.dtype)
             if self.bias is not None:
-                out = out + self.bias
+                out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
 
     def _dense_matmul(self, flat: torch.Tensor) -> torch.Tensor:
