@@ -168,23 +168,10 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def read_bandwidth_gbs(threads: int, gib: int = 1) -> float:
-    """Read bandwidth: the fastest of five sums of a `gib`-GiB float32 tensor (a ceiling: noise only slows)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    data = torch.ones(gib * 2**28)
-    data.sum()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        data.sum()
-        times.append(time.perf_counter() - start)
-    return gib * 2**30 / min(times) / 1e9
-
-
 def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: Path) -> dict | None:
     """One configuration in its own process, with the bandwidth read just before and after it."""
+    from qwq.engine.benchmark import read_bandwidth_gbs
+
     command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
     for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]

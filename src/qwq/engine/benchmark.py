@@ -63,6 +63,23 @@ def proc_status_gib(field: str) -> float | None:
     return None
 
 
+def read_bandwidth_gbs(threads: int, gib: float = 1.0, reads: int = 5) -> float:
+    """This machine's read bandwidth: the fastest of several sums of a `gib`-GiB float32 tensor (a ceiling, as
+    noise only slows a read). The decode roofline is this over the bytes of weights read per token; the speed
+    here drifts by minutes, so measure it next to what it is compared with."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.ones(int(gib * 2**28))
+    data.sum()
+    fastest = float("inf")
+    for _ in range(reads):
+        start = time.perf_counter()
+        data.sum()
+        fastest = min(fastest, time.perf_counter() - start)
+    return data.numel() * 4 / fastest / 1e9
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory so far.
 
