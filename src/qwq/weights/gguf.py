@@ -9,6 +9,7 @@ llama.cpp's converter stores Qwen2's Q/K projections unpermuted, so no reorderin
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -142,26 +143,21 @@ class GGUFFile:
             raise ModelLoadError(f"{self.path}: metadata does not describe a valid model: {exc}") from None
 
     def _read(self, info: TensorInfo, dtype: torch.dtype) -> torch.Tensor:
-        rows = 1
-        for dim in info.shape[:-1]:
-            rows *= dim
-        raw = np.fromfile(self.path, dtype=np.uint8, count=info.n_bytes, offset=info.offset)
-        raw = raw.reshape(rows, info.n_bytes // rows)  # one row of blocks per output row
+        rows = math.prod(info.shape[:-1])
         out = torch.empty((rows, info.shape[-1]), dtype=dtype)
         step = max(1, _CHUNK_ELEMENTS // info.shape[-1])
-        for first in range(0, rows, step):
-            chunk = dequantize(raw[first : first + step], info.qtype)
-            out[first : first + step] = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+        for first in range(0, rows, step):  # only one chunk's raw bytes and float32 values at a time
+            out[first : first + step] = self._read_rows(info, first, min(first + step, rows))
         return out.reshape(info.shape)
 
     def _read_rows(self, info: TensorInfo, start: int, end: int) -> torch.Tensor:
-        """Rows [start, end) of a 2-D tensor as float32, reading only their bytes."""
-        row_bytes = info.n_bytes // info.shape[0]
-        raw = np.fromfile(
-            self.path, dtype=np.uint8, count=(end - start) * row_bytes, offset=info.offset + start * row_bytes
-        )
+        """Rows [start, end) of the tensor seen as (rows, last dimension), as float32, reading only their bytes."""
+        rows = math.prod(info.shape[:-1])
+        row_bytes = info.n_bytes // rows  # one row of blocks per output row
+        offset, count = info.offset + start * row_bytes, (end - start) * row_bytes
+        raw = np.fromfile(self.path, dtype=np.uint8, count=count, offset=offset)
         chunk = dequantize(raw.reshape(end - start, row_bytes), info.qtype)
-        return torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).reshape(end - start, info.shape[1])
+        return torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).reshape(end - start, info.shape[-1])
 
     def tensors(
         self,
