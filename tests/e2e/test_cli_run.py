@@ -22,6 +22,23 @@ def test_one_shot_answer_on_stdout(gguf_path):
     assert "42" in result.stdout
 
 
+def test_options_between_model_and_prompt(gguf_path):
+    """As with ollama, flags may come before the prompt; two stray words are still refused."""
+    result = _qwq(
+        "run",
+        str(gguf_path),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "What is 7 times 6? Reply with only the number.",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "42" in result.stdout
+    result = _qwq("run", str(gguf_path), "--max-tokens", "8", "first", "second")
+    assert result.returncode == 2 and "unrecognized arguments: first second" in result.stderr
+
+
 def test_prompt_from_stdin(gguf_path):
     result = _qwq(
         "run",

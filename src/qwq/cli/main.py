@@ -287,8 +287,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, with `qwq run MODEL --flags PROMPT` accepted as ollama accepts it: argparse fills an
+    optional positional only before the options, so a prompt after them comes back unrecognized."""
+    parser = _parser()
+    args, leftover = parser.parse_known_args(argv)
+    if args.command == "run" and args.prompt is None and len(leftover) == 1 and not leftover[0].startswith("-"):
+        args.prompt = leftover[0]
+    elif leftover:
+        parser.error(f"unrecognized arguments: {' '.join(leftover)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=logging.INFO if args.command == "pull" else logging.WARNING, format="%(message)s")
     commands = {"run": _run, "pull": _pull, "list": _list, "show": _show, "rm": _rm, "serve": _serve, "bench": _bench}
     try:
