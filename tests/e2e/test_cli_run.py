@@ -7,34 +7,19 @@ import pytest
 from cli_process import assert_one_line_error
 from cli_process import run_qwq as _qwq
 
+QUESTION = "What is 7 times 6? Reply with only the number."
+OPTIONS = ("--temperature", "0", "--max-tokens", "8")
 
-def test_one_shot_answer_on_stdout(gguf_path):
-    result = _qwq(
-        "run",
-        str(gguf_path),
-        "What is 7 times 6? Reply with only the number.",
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-    )
+
+@pytest.mark.parametrize("arguments", [(QUESTION, *OPTIONS), (*OPTIONS, QUESTION)], ids=["flags-last", "flags-first"])
+def test_one_shot_answer_on_stdout(gguf_path, arguments):
+    """The options may come after the prompt or, as with ollama, before it."""
+    result = _qwq("run", str(gguf_path), *arguments)
     assert result.returncode == 0, result.stderr
     assert "42" in result.stdout
 
 
-def test_options_between_model_and_prompt(gguf_path):
-    """As with ollama, flags may come before the prompt; two stray words are still refused."""
-    result = _qwq(
-        "run",
-        str(gguf_path),
-        "--temperature",
-        "0",
-        "--max-tokens",
-        "8",
-        "What is 7 times 6? Reply with only the number.",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "42" in result.stdout
+def test_two_prompts_are_refused(gguf_path):
     result = _qwq("run", str(gguf_path), "--max-tokens", "8", "first", "second")
     assert result.returncode == 2 and "unrecognized arguments: first second" in result.stderr
 
