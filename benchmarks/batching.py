@@ -1,6 +1,6 @@
-"""Continuous batching throughput: the same requests one at a time and 8 at once through the batching
-engine, in one run; prints aggregate decode tokens/s for each and their ratio, and checks that every
-greedy answer is the same both ways.
+"""Continuous batching throughput: the same requests one at a time and 8 at once through the engine on its
+background thread (as `qwq serve` runs it), in one run; prints aggregate decode tokens/s for each and their
+ratio, and checks that every greedy answer is the same both ways.
 
     python benchmarks/batching.py [--model qwen2.5-coder:0.5b] [--quant int8|int4] [--clients 8] [--new-tokens 32]
 """
@@ -13,9 +13,9 @@ import time
 import torch
 
 import qwq
-from qwq.engine.batching import BatchEngine, BatchRequest
-from qwq.engine.generate import GenerateOptions
-from qwq.engine.sampling import SamplingParams
+from qwq.engine.background import EngineThread, Handle
+from qwq.engine.engine import Engine
+from qwq.engine.request import GenerationParams
 
 QUESTIONS = [
     "What is 7 times 6?",
@@ -28,6 +28,27 @@ QUESTIONS = [
     "What does HTTP stand for?",
 ]
 
+CONTEXT = 1024
+
+
+def chat_prompts(model: qwq.Model, clients: int) -> list[list[int]]:
+    """`clients` chat prompts (the questions above, repeated as needed), as token ids."""
+    template = model.tokenizer.apply_chat_template
+    return [
+        model.tokenizer.encode(template([{"role": "user", "content": q}], add_generation_prompt=True))
+        for q in (QUESTIONS * clients)[:clients]
+    ]
+
+
+def token_ids(handle: Handle) -> list[int]:
+    """A submitted request's output ids, read to its end (an error ends the benchmark)."""
+    ids: list[int] = []
+    for output in handle.outputs():
+        if output.error is not None:
+            raise RuntimeError(f"request {output.request_id} failed: {output.error}")
+        ids[output.start :] = output.new_ids
+    return ids
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,27 +57,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
-    model = qwq.load(args.model, quant=args.quant, context_length=1024)
-    template = model.tokenizer.apply_chat_template
-    prompts = [
-        model.tokenizer.encode(template([{"role": "user", "content": q}], add_generation_prompt=True))
-        for q in (QUESTIONS * args.clients)[: args.clients]
-    ]
-    options = GenerateOptions(
-        max_new_tokens=args.new_tokens,
-        sampling=SamplingParams(temperature=0),
-        stop_token_ids=model.generation_defaults.eos_token_ids,
-        ignore_eos=True,  # every request decodes the full budget, so both runs do the same work
-    )
-    engine = BatchEngine(model.network, 1024, max_batch=args.clients)
+    model = qwq.load(args.model, quant=args.quant, context_length=CONTEXT)
+    prompts = chat_prompts(model, args.clients)
+    # every request decodes the full budget (EOS ignored), so both runs do the same work
+    params = GenerationParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    engine = EngineThread(Engine(model.network, model.tokenizer, CONTEXT, max_batch=args.clients))
     try:
-        engine.submit(BatchRequest(prompts[0], options)).events.get()  # warm-up
+        token_ids(engine.submit([model.request(prompts[0], params)])[0])  # warm-up
         started = time.perf_counter()
-        alone = [[e.token for e in engine.submit(BatchRequest(p, options)).tokens()] for p in prompts]
+        alone = [token_ids(engine.submit([model.request(p, params)])[0]) for p in prompts]
         alone_s = time.perf_counter() - started
         started = time.perf_counter()
-        requests = [engine.submit(BatchRequest(p, options)) for p in prompts]
-        together = [[e.token for e in r.tokens()] for r in requests]
+        handles = engine.submit([model.request(p, params) for p in prompts])
+        together = [token_ids(h) for h in handles]
         together_s = time.perf_counter() - started
     finally:
         engine.close()

@@ -63,7 +63,7 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
         os.environ["QWQ_KERNELS"] = "torch"
 
     import qwq
-    from qwq.engine.benchmark import proc_status_gib, run_benchmark
+    from qwq.benchmark import proc_status_gib, run_benchmark
     from qwq.quant import native
     from qwq.quant.linear import Int4Linear, Int8Linear
 
@@ -72,13 +72,19 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
     if quant and kernels != "torchkernels":
         native.kernels()
     runtime = proc_status_gib("VmRSS")
+    # the context is what the benchmark needs, so the engine's KV cache (sized to the context) holds just that
     model = qwq.load(
-        args.path, dtype=None if quant else variant, device="cpu", quant=quant, quant_group_size=args.group_size
+        args.path,
+        dtype=None if quant else variant,
+        device="cpu",
+        quant=quant,
+        quant_group_size=args.group_size,
+        context_length=args.prompt_tokens + args.new_tokens + 1,
     )
     result = run_benchmark(model, args.prompt_tokens, args.new_tokens, args.repeats)
     tensors = {id(t): t for t in [*model.network.parameters(), *model.network.buffers()]}
-    caches = [layer.self_attn.kv_cache for layer in model.network.model.layers if layer.self_attn.kv_cache]
-    tensors.update({id(t): t for cache in caches for t in (cache.k, cache.v)})
+    cache = model.engine().cache  # the engine owns the KV cache the benchmark ran with
+    tensors.update({id(t): t for t in [*cache.k, *cache.v]})
     stored = sum(t.numel() * t.element_size() for t in tensors.values())
     read = 0  # bytes of weights each decode step reads: every matrix but the embedding table
     for name, module in model.network.named_modules():
@@ -170,7 +176,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: Path) -> dict | None:
     """One configuration in its own process, with the bandwidth read just before and after it."""
-    from qwq.engine.benchmark import read_bandwidth_gbs
+    from qwq.benchmark import read_bandwidth_gbs
 
     command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
     for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
@@ -208,7 +214,7 @@ def main() -> None:
         _worker(args)
         return
 
-    from qwq.engine.benchmark import benchmark_prompt
+    from qwq.benchmark import benchmark_prompt
     from qwq.local_models import fetch
     from qwq.tokenizer.tokenizer import Tokenizer
     from qwq.weights.gguf import GGUFFile

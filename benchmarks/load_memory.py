@@ -20,7 +20,7 @@ def _worker(path: str, variant: str) -> None:
     import torch  # noqa: F401  (imported before the baseline so its own memory is not counted)
 
     import qwq
-    from qwq.engine.benchmark import proc_status_gib
+    from qwq.benchmark import proc_status_gib
 
     before = proc_status_gib("VmRSS")
     start = time.perf_counter()

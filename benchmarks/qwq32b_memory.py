@@ -18,9 +18,10 @@ from collections.abc import Iterator
 import torch
 
 import qwq
-from qwq.engine.benchmark import proc_status_gib, read_bandwidth_gbs
-from qwq.engine.generate import GenerateOptions, generate_tokens
-from qwq.engine.sampling import SamplingParams
+from qwq.backend import prepare
+from qwq.benchmark import proc_status_gib, read_bandwidth_gbs
+from qwq.engine.engine import Engine
+from qwq.engine.request import GenerationParams, Request
 from qwq.weights.loader import expected_shapes, load_weights
 
 
@@ -47,17 +48,20 @@ def main() -> None:
     network = plan.network
     shapes = expected_shapes(network)
     load_weights(network, _random_tensors(shapes), "random int4 weights", torch.float32, torch.device("cpu"))
+    prepare(network)  # what qwq.load does after loading: fused projections and the one-call C++ decode step
     built = time.perf_counter() - start
     weights = sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
     read_per_token = weights - network.model.embed_tokens.weight.numel() * 2
     after_build = proc_status_gib("VmHWM")
 
     prompt = torch.randint(0, plan.config.vocab_size, (args.prompt_tokens,)).tolist()
-    options = GenerateOptions(
-        max_new_tokens=args.new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True
-    )
+    # a KV cache for this prompt and its new tokens only (the model's whole context would take 17 GB more)
+    context = args.prompt_tokens + args.new_tokens + 1
+    params = GenerationParams(max_tokens=args.new_tokens + 1, temperature=0.0, ignore_eos=True)
+    request = Request(prompt, params.resolved(plan.generation_defaults, len(prompt), context))
+    engine = Engine(network, None, context)
     start = time.perf_counter()
-    tokens = generate_tokens(network, prompt, options, plan.config.max_position_embeddings)
+    tokens = engine.stream(request)  # one output per step: the prompt's, then a token each
     next(tokens)
     first = time.perf_counter()
     bandwidth = read_bandwidth_gbs(args.threads, gib=0.5)  # just before and after decode (it drifts by minutes)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,9 +42,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], message: str
     assert result.stdout == ""
 
 
+@dataclass
+class ServerProcess:
+    """A running `qwq serve`: its base URL and its process (to signal it, or read its output once it ended)."""
+
+    url: str
+    process: subprocess.Popen[str]
+
+
 @contextmanager
-def live_server(*args: str, home: Path) -> Iterator[str]:
-    """`qwq serve ARGS... --port FREE` running until the block ends; yields its base URL once /health answers."""
+def server_process(*args: str, home: Path) -> Iterator[ServerProcess]:
+    """`qwq serve ARGS... --port FREE` running until the block ends (or the caller stops it); yields it once
+    /health answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -65,7 +75,14 @@ def live_server(*args: str, home: Path) -> Iterator[str]:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        yield url
+        yield ServerProcess(url, process)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def live_server(*args: str, home: Path) -> Iterator[str]:
+    """`qwq serve ARGS... --port FREE` running until the block ends; yields its base URL once /health answers."""
+    with server_process(*args, home=home) as server:
+        yield server.url

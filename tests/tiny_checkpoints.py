@@ -56,14 +56,22 @@ def _encode(values: np.ndarray, qtype: QType, rng: np.random.Generator) -> np.nd
 
 
 def write_gguf(
-    path: Path, weight_type: QType = QType.F32, architecture: str = "qwen2", tied: bool = False, seed: int = 0
+    path: Path,
+    weight_type: QType = QType.F32,
+    architecture: str = "qwen2",
+    tied: bool = False,
+    seed: int = 0,
+    model_name: str | None = None,
 ) -> Path:
-    """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32)."""
+    """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32);
+    `model_name` goes to the metadata's general.name."""
     rng = np.random.default_rng(seed)
     hidden, heads, kv_heads = SHAPE["hidden"], SHAPE["heads"], SHAPE["kv_heads"]
     head_dim = hidden // heads
     tokens, types = vocabulary()
     writer = gguf.GGUFWriter(str(path), architecture)
+    if model_name is not None:
+        writer.add_name(model_name)
     writer.add_block_count(SHAPE["layers"])
     writer.add_context_length(SHAPE["context"])
     writer.add_embedding_length(hidden)

@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +18,18 @@ from typing import Any
 
 import torch
 
+from qwq.backend import prepare
 from qwq.config import GenerationDefaults, ModelConfig
-from qwq.engine.generate import GenerateOptions, TextStream, check_prompt, generate_tokens
-from qwq.engine.sampling import SamplingParams
-from qwq.errors import ContextLengthError, InvalidRequestError, ModelLoadError
+from qwq.engine.engine import Engine
+from qwq.engine.output import Completion
+from qwq.engine.request import GenerationParams, Request, check_prompt
+from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError, ModelLoadError
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
-from qwq.presets import PRESETS
+from qwq.presets import PRESETS, Preset
 from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
+from qwq.reasoning.parser import ReasoningSplitter
 from qwq.store import resolve
 from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
@@ -33,16 +39,8 @@ from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_t
 
 logger = logging.getLogger(__name__)
 
+CACHE_STEP = 256  # a Model's own KV cache grows in steps of this many positions
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SAMPLING_KEYS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-)
 
 
 class Model:
@@ -59,6 +57,8 @@ class Model:
         self.generation_defaults = generation_defaults
         self.source = source
         self.context_length = context_length or network.config.max_position_embeddings
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
 
     @property
     def config(self) -> ModelConfig:
@@ -80,6 +80,21 @@ class Model:
             return "int4"  # int4 models keep a few unpackable layers as int8
         return "int8" if layers else None
 
+    def storage_description(self) -> str:
+        """How the weights are stored on disk, and (once loaded) how qwq holds them in memory."""
+        path = Path(self.source)
+        if path.is_file():
+            counts = Counter(info.qtype.name for info in GGUFFile(path).tensor_infos)
+            stored = "GGUF " + ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
+        elif path.is_dir():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            stored = f"safetensors ({config.get('torch_dtype') or config.get('dtype') or 'dtype not stated'})"
+        else:
+            stored = "not pulled"
+        if self.device.type == "meta":
+            return stored
+        return f"{stored}; loaded as {self.quantization or str(self.dtype).removeprefix('torch.')}"
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameters by count (a tied LM head counted once, a quantized weight as its float shape);
         optionally without the vocabulary matrices."""
@@ -99,54 +114,57 @@ class Model:
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Float32 logits for every position of `ids`: shape (len(ids), vocab_size), computed without cache."""
         self._require_weights()
-        ids = check_prompt(ids, 0, self.config.vocab_size, self.context_length)
-        self.network.drop_cache()
-        batch = torch.tensor([ids], device=self.device)
-        return self.network(batch)[0].float()
+        ids = check_prompt(ids, self.config.vocab_size)
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens exceed the context length of {self.context_length} tokens")
+        return self.network(torch.tensor([ids], device=self.device))[0].float()
 
-    def _room(self, prompt_length: int) -> int:
-        """New tokens that fit after a prompt: the default budget, as in vLLM and ollama's num_predict -1."""
-        room = self.context_length - prompt_length
-        if room < 1:
-            raise ContextLengthError(
-                f"the prompt ({prompt_length} tokens) leaves no room in the context of {self.context_length} tokens"
-            )
-        return room
+    def params(self, **fields: Any) -> GenerationParams:
+        """The Python API's translation into the one request type: HF's `max_new_tokens` is `max_tokens`."""
+        if "max_new_tokens" not in fields:
+            return GenerationParams.of(**fields)
+        fields["max_tokens"] = fields.pop("max_new_tokens")
+        try:
+            return GenerationParams.of(**fields)
+        except InvalidRequestError as exc:
+            if exc.field != "max_tokens":
+                raise
+            raise InvalidRequestError(
+                str(exc).replace("max_tokens", "max_new_tokens"), field="max_new_tokens"
+            ) from None
 
-    def generation_options(
-        self,
-        prompt_length: int,
-        max_new_tokens: int | None = None,
-        stop: Sequence[str] | str | None = None,
-        stop_token_ids: Sequence[int] | None = None,
-        ignore_eos: bool = False,
-        seed: int | None = None,
-        sampling: dict[str, Any] | None = None,
-    ) -> GenerateOptions:
-        """One request's options, checked: unset sampling keys take the checkpoint's defaults and an unset
-        budget fills the rest of the context."""
-        sampling = sampling or {}
-        unknown = set(sampling) - set(_SAMPLING_KEYS)
-        if unknown:
-            raise InvalidRequestError(f"unknown sampling parameters: {sorted(unknown)}; known: {list(_SAMPLING_KEYS)}")
-        if stop is not None and not isinstance(stop, (str, list, tuple)):
-            raise InvalidRequestError(f"stop must be a string or a list of strings, got {stop!r}")
-        defaults = self.generation_defaults
-        chosen = {
-            "temperature": defaults.temperature,
-            "top_k": defaults.top_k,
-            "top_p": defaults.top_p,
-            "min_p": defaults.min_p,
-            "repetition_penalty": defaults.repetition_penalty,
-        }
-        chosen.update({k: v for k, v in sampling.items() if v is not None})
-        return GenerateOptions(
-            max_new_tokens=self._room(prompt_length) if max_new_tokens is None else max_new_tokens,
-            sampling=SamplingParams(seed=seed, **chosen),
-            stop_token_ids=tuple(defaults.eos_token_ids if stop_token_ids is None else stop_token_ids),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
-            ignore_eos=ignore_eos,
-        )
+    def request(self, prompt_ids: Sequence[int], params: GenerationParams, **hooks: Any) -> Request:
+        """An engine request: the prompt checked, the params resolved against this checkpoint's defaults and
+        context (the one place defaults are merged). `hooks`: processors=..., hooks=... (see Request)."""
+        self._require_weights()
+        ids = check_prompt(prompt_ids, self.config.vocab_size)
+        return Request(ids, params.resolved(self.generation_defaults, len(ids), self.context_length), **hooks)
+
+    def engine(self, positions: int | None = None) -> Engine:
+        """This Model's own single-stream engine (its own KV cache, apart from any server's), with room for
+        at least `positions` (default: the whole context). The cache grows when a request needs more, in
+        steps of CACHE_STEP positions, so a short request does not pay for the whole context's memory."""
+        needed = min(self.context_length, -(-(positions or self.context_length) // CACHE_STEP) * CACHE_STEP)
+        engine = self._engine
+        if engine is None or engine.context_length < needed or engine.context_length > self.context_length:
+            self._engine = None  # free the old cache before the new one is allocated
+            self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1)
+        return self._engine
+
+    def complete(self, request: Request, reasoning_style: tuple[str, bool] | None = None) -> Completion:
+        """Run `request` on this Model's engine, lazily, as a Completion. While an earlier Completion is still
+        open (another thread, or a stream not read to its end) the call gets an engine and cache of its own."""
+        size = len(request.prompt_ids) + request.params.max_tokens
+        if self._lock.acquire(blocking=False):
+            try:
+                outputs, release = self.engine(size).stream(request), self._lock.release
+            except BaseException:
+                self._lock.release()
+                raise
+        else:
+            outputs, release = Engine(self.network, self.tokenizer, size, max_batch=1).stream(request), None
+        splitter = ReasoningSplitter(*reasoning_style) if reasoning_style else None
+        return Completion(outputs, len(request.prompt_ids), splitter, on_close=release)
 
     def generate(
         self,
@@ -160,9 +178,15 @@ class Model:
     ) -> list[int]:
         """New token ids after `ids` (the stop token included when one ends it). Sampling keys default to the
         checkpoint's generation config; pass temperature=0 for greedy."""
-        self._require_weights()
-        options = self.generation_options(len(ids), max_new_tokens, None, stop_token_ids, ignore_eos, seed, sampling)
-        return list(generate_tokens(self.network, ids, options, self.context_length))
+        params = self.params(
+            max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos, seed=seed, **sampling
+        )
+        completion = self.complete(self.request(ids, params))
+        for _ in completion.pieces():
+            pass
+        if completion.finish_reason == "error":
+            raise GenerationError(completion.error or "generation failed")
+        return completion.token_ids
 
     def chat(
         self,
@@ -173,17 +197,21 @@ class Model:
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
         **sampling: Any,
-    ) -> str | TextStream:
-        """The assistant's reply to `messages` (a str is one user message): its text, or with stream=True an
-        iterator of text pieces whose `finish_reason` is set once it ends."""
+    ) -> str | Completion:
+        """The assistant's reply to `messages` (a str is one user message): its text, or with stream=True a
+        Completion: iterate it for text pieces; its `finish_reason` is set once it ends."""
         tokenizer = self._require_weights()
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        options = self.generation_options(len(prompt_ids), max_new_tokens, stop, None, False, seed, sampling)
-        tokens = generate_tokens(self.network, prompt_ids, options, self.context_length)
-        text = TextStream(tokens, tokenizer, options, prompt_tokens=len(prompt_ids))
-        return text if stream else "".join(text)
+        params = self.params(max_new_tokens=max_new_tokens, stop=stop, seed=seed, **sampling)
+        completion = self.complete(self.request(prompt_ids, params))
+        if stream:
+            return completion
+        text = "".join(completion)
+        if completion.finish_reason == "error":
+            raise GenerationError(completion.error or "generation failed")
+        return text
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -249,7 +277,7 @@ def _context_length(config: ModelConfig, requested: int | None, source: str, def
     return requested
 
 
-def _prepare(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
+def _plan(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
     """The empty (meta) network and the context length, after checking the model will fit in memory."""
     context = _context_length(config, options.context_length, source, options.default_context_length)
     network = _empty_network(config, options.quant, options.group_size)
@@ -263,7 +291,7 @@ def _load_gguf(path: Path, options: LoadOptions) -> Model:
     gguf = GGUFFile(path)
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network, context = _prepare(config, options, str(path))
+    network, context = _plan(config, options, str(path))
     if options.device.type != "meta":
         # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in
         table = {EMBEDDING: quantized_table_dtype(options.dtype)} if options.quant else None
@@ -271,9 +299,27 @@ def _load_gguf(path: Path, options: LoadOptions) -> Model:
             f"{name}.weight" for name, module in network.named_modules() if isinstance(module, QuantizedLinear)
         ]
         tensors = gguf.tensors(torch.float32 if options.quant else options.dtype, table, row_blocks=set(quantized))
-        network = load_weights(network, tensors, str(path), options.dtype, options.device, options.progress)
-    defaults = GenerationDefaults(eos_token_ids=_eos_ids(config, tokenizer))
-    return Model(network, tokenizer, defaults, str(path), context)
+        network = prepare(load_weights(network, tensors, str(path), options.dtype, options.device, options.progress))
+    return Model(network, tokenizer, _gguf_defaults(gguf, _eos_ids(config, tokenizer)), str(path), context)
+
+
+def _known_preset(*names: str | None) -> Preset | None:
+    """The preset a GGUF is a quantization of, judged by its metadata's model name or its file name
+    (`QwQ-32B-Preview-Q4_K_M.gguf`, general.name "QwQ 32B Preview")."""
+    for name in names:
+        key = (name or "").lower().replace(" ", "-").replace("_", "-")
+        for preset in PRESETS.values():
+            if preset.name in key:
+                return preset
+    return None
+
+
+def _gguf_defaults(gguf: GGUFFile, eos_ids: tuple[int, ...]) -> GenerationDefaults:
+    """A GGUF carries no generation config: a known model's published sampling defaults, else the neutral ones."""
+    preset = _known_preset(gguf.metadata("general.name"), gguf.metadata("general.basename"), gguf.path.name)
+    if preset is None:
+        return GenerationDefaults(eos_token_ids=eos_ids)
+    return dataclasses.replace(preset.generation, eos_token_ids=eos_ids)
 
 
 def _load_hf_dir(directory: Path, options: LoadOptions) -> Model:
@@ -281,10 +327,12 @@ def _load_hf_dir(directory: Path, options: LoadOptions) -> Model:
     tokenizer = Tokenizer.from_hf_dir(directory)
     fallback_eos = _eos_ids(config, tokenizer)
     defaults = GenerationDefaults.from_hf_dict(read_generation_config(directory), fallback_eos=fallback_eos)
-    network, context = _prepare(config, options, str(directory))
+    network, context = _plan(config, options, str(directory))
     if options.device.type != "meta":
         tensors = safetensors_weights.read_tensors(directory)
-        network = load_weights(network, tensors, str(directory), options.dtype, options.device, options.progress)
+        network = prepare(
+            load_weights(network, tensors, str(directory), options.dtype, options.device, options.progress)
+        )
     return Model(network, tokenizer, defaults, str(directory), context)
 
 

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 
 class QwqError(Exception):
-    """Base of every error qwq raises about its input; the message names the file, field or value."""
+    """Base of every error qwq raises about its input; the message names the file, field or value, and
+    `field` (when given) is the request field at fault, for an API's error object."""
 
     http_status: int = 500
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ModelLoadError(QwqError):
@@ -56,3 +61,9 @@ class ModelNotFoundError(QwqError):
     """A request named a model this server does not run."""
 
     http_status = 404
+
+
+class GenerationError(QwqError):
+    """Generation failed inside the engine for one request (the others go on); it ends with reason 'error'."""
+
+    http_status = 500

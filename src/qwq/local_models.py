@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwq.errors import DownloadError
+from qwq.paths import qwq_home
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ LOCAL_MODELS: dict[str, SplitGGUF] = {
     ),
 }
 DEFAULT_MODEL = "qwen2.5-coder:0.5b"
-
-
-def qwq_home() -> Path:
-    """Where qwq keeps models: $QWQ_HOME, else $XDG_CACHE_HOME/qwq, else ~/.cache/qwq."""
-    if os.environ.get("QWQ_HOME"):
-        return Path(os.environ["QWQ_HOME"])
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "qwq"
 
 
 def _sha256(path: Path) -> str:

@@ -10,10 +10,8 @@ the GPU's free memory), optionally capped by `QWQ_MAX_MEMORY_GIB`.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -95,19 +93,3 @@ def check_fits(need: MemoryEstimate, device: torch.device, source: str, quantize
     raise InsufficientMemoryError(
         f"{source} needs about {need.describe()}, but only {have / GIB:.1f} GiB is available on {device.type}{hint}"
     )
-
-
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return None
-
-
-def return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system: the float copies that quantization and dtype conversion
-    free while loading would otherwise stay resident (glibc keeps them for reuse) and lift the peak."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)

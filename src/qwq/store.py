@@ -15,7 +15,8 @@ from pathlib import Path
 
 from qwq import hub
 from qwq.errors import DownloadError, ModelLoadError
-from qwq.local_models import LOCAL_MODELS, SplitGGUF, fetch, qwq_home
+from qwq.local_models import LOCAL_MODELS, SplitGGUF, fetch
+from qwq.paths import qwq_home
 
 # What an HF checkpoint needs: config, generation config, tokenizer, chat template, weights (+ index).
 HF_CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "merges.txt", "vocab.json")

@@ -54,7 +54,7 @@ def test_table_output(tiny_model):
     ("args", "message"),
     [
         (("--repeats", "0"), "repeats must be at least 1"),
-        (("--prompt-tokens", "100000"), "exceeds the context length"),
+        (("--prompt-tokens", "100000"), "the prompt (100000 tokens) leaves no room in the context of 64 tokens"),
         (("--threads", "0"), "--threads must be at least 1"),
     ],
 )

@@ -70,7 +70,10 @@ BAD_LINES = [
     ("/set parameter temprature 0", "error: unknown parameter 'temprature'"),
     ("/set parameter top_p 7", r"error: top_p must be a number in \[0.0, 1.0\], got 7.0"),
     ("/set parameter top_k many", "error: top_k must be int, got 'many'"),
-    ("/set parameter num_ctx 99999999", "error: num_ctx must be between 1 and 32768"),
+    (
+        "/set parameter num_ctx 99999999",
+        r"error: num_ctx must be between 1 and the loaded context of 2048 \(load with a larger --ctx\), got 99999999",
+    ),
     ("/set parameter num_predict 0", "error: num_predict must be a positive integer or -1"),
     ("/set parameter", "error: usage: /set parameter NAME VALUE"),
     ('/set system "unclosed', "error: cannot parse"),

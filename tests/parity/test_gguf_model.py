@@ -113,11 +113,11 @@ def test_cached_decoding_equals_recomputation(model):
     full = model.logits(ids + new)
     # Replay the same steps through the KV cache: prefill, then one token at a time.
     network = model.network
-    network.setup_cache(1, len(ids) + len(new))
+    cache = network.new_cache(1, len(ids) + len(new))
     with torch.inference_mode():
-        step_logits = [network(torch.tensor([ids]), 0)[0].float()]
-        for offset, token in enumerate(new):
-            step_logits.append(network(torch.tensor([[token]]), len(ids) + offset)[0].float())
+        step_logits = [network(torch.tensor([ids]), torch.arange(len(ids))[None], cache)[0].float()]
+        for position, token in enumerate(new, start=len(ids)):
+            step_logits.append(network(torch.tensor([[token]]), torch.tensor([[position]]), cache)[0].float())
     cached = torch.cat(step_logits)
     assert (cached - full).abs().max().item() < 1e-3
     assert torch.equal(full[len(ids) - 1 : -1].argmax(-1), torch.tensor(new))

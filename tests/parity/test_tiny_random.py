@@ -62,9 +62,14 @@ def test_cached_decoding_equals_full_recompute(name):
     ids = torch.randint(0, ours.config.vocab_size, (2, 30))
     with torch.no_grad():
         full = ours(ids)
-        ours.setup_cache(2, 40)
-        chunks = [ours(ids[:, :9], 0), ours(ids[:, 9:20], 9)]
-        chunks += [ours(ids[:, i : i + 1], i) for i in range(20, 30)]
+        cache = ours.new_cache(2, 40)
+
+        def step(start: int, end: int) -> torch.Tensor:
+            positions = torch.arange(start, end).expand(2, -1)  # (B, T): both rows at the same positions
+            return ours(ids[:, start:end], positions, cache)
+
+        chunks = [step(0, 9), step(9, 20)]
+        chunks += [step(i, i + 1) for i in range(20, 30)]
     assert (torch.cat(chunks, 1) - full).abs().max().item() < 1e-5
 
 

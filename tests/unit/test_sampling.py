@@ -14,13 +14,33 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from qwq.engine.sampling import SamplingParams, apply_penalties, filter_logits, sample
+from qwq.config import GenerationDefaults
+from qwq.engine.processors import presence_frequency_penalty, repetition_penalty
+from qwq.engine.request import GenerationParams, Request
+from qwq.engine.sampling import filter_logits, make_generator, sample
+from qwq.engine.sequence import SequenceState, TokenEvent
 from qwq.errors import InvalidRequestError
 
 VOCAB = 50
 
 
-def _hf_filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def _params(**fields) -> GenerationParams:
+    """GenerationParams as the engine hands them to the sampler: every unset field filled with the neutral
+    defaults (no top-k, top-p 1, no min-p, no penalty)."""
+    return GenerationParams(**fields).resolved(GenerationDefaults(), prompt_length=1, loaded_context=64)
+
+
+def _sequence(prompt: list[int], output: list[int], params: GenerationParams, vocab_size: int) -> SequenceState:
+    """A sequence that has read `prompt` and written `output`, as the penalties see it."""
+    sequence = SequenceState(
+        Request(prompt, params), slot=0, tokenizer=None, vocab_size=vocab_size, device=torch.device("cpu")
+    )
+    for token in output:
+        sequence.append(TokenEvent(token))
+    return sequence
+
+
+def _hf_filter(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
     scores = logits[None].clone()
     warpers = [TemperatureLogitsWarper(params.temperature)]
     if params.top_k:
@@ -37,12 +57,12 @@ def _hf_filter(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 @pytest.mark.parametrize(
     "params",
     [
-        SamplingParams(temperature=0.7, top_k=5),
-        SamplingParams(temperature=1.0, top_p=0.8),
-        SamplingParams(temperature=0.5, top_p=0.3),
-        SamplingParams(temperature=1.3, min_p=0.1),
-        SamplingParams(temperature=0.7, top_k=20, top_p=0.8),
-        SamplingParams(temperature=0.9, top_k=10, top_p=0.95, min_p=0.05),
+        _params(temperature=0.7, top_k=5),
+        _params(temperature=1.0, top_p=0.8),
+        _params(temperature=0.5, top_p=0.3),
+        _params(temperature=1.3, min_p=0.1),
+        _params(temperature=0.7, top_k=20, top_p=0.8),
+        _params(temperature=0.9, top_k=10, top_p=0.95, min_p=0.05),
     ],
 )
 def test_filters_keep_the_same_tokens_as_transformers(params):
@@ -58,32 +78,30 @@ def test_filters_keep_the_same_tokens_as_transformers(params):
 def test_repetition_penalty_matches_transformers():
     logits = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, 0.0])
     seen_ids = torch.tensor([0, 1, 1, 3])
-    params = SamplingParams(repetition_penalty=1.3)
-    seen = torch.zeros(6, dtype=torch.bool)
-    seen[seen_ids] = True
-    ours = apply_penalties(logits, params, seen, torch.zeros(6, dtype=torch.int32))
+    sequence = _sequence([0, 1], [1, 3], _params(repetition_penalty=1.3), vocab_size=6)  # prompt and output
+    ours = repetition_penalty(sequence, logits)
     theirs = RepetitionPenaltyLogitsProcessor(1.3)(seen_ids[None], logits[None].clone())[0]
     assert torch.allclose(ours, theirs)
 
 
 def test_presence_and_frequency_penalties_follow_openai():
     logits = torch.zeros(4)
-    counts = torch.tensor([0, 1, 3, 0], dtype=torch.int32)
-    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
-    out = apply_penalties(logits, params, torch.zeros(4, dtype=torch.bool), counts)
+    params = _params(presence_penalty=0.5, frequency_penalty=0.25)
+    sequence = _sequence([0, 3, 3], [1, 2, 2, 2], params, vocab_size=4)  # output counts 0, 1, 3, 0; prompt ignored
+    out = presence_frequency_penalty(sequence, logits)
     assert out.tolist() == [0.0, -0.75, -1.25, 0.0]
 
 
 def test_greedy_takes_argmax():
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
-    assert sample(logits, SamplingParams(temperature=0.0), None) == 1
+    assert sample(logits, _params(temperature=0.0), None) == 1
 
 
 def test_sampling_frequencies_follow_the_filtered_distribution():
     logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -5.0])
-    params = SamplingParams(temperature=0.8, top_k=4, seed=7)
+    params = _params(temperature=0.8, top_k=4, seed=7)
     expected = filter_logits(logits, params).softmax(-1)
-    generator = params.make_generator()
+    generator = make_generator(params)
     draws = torch.tensor([sample(logits, params, generator) for _ in range(20000)])
     observed = torch.bincount(draws, minlength=6).float() / len(draws)
     assert observed[4:].sum() == 0  # filtered out by top_k
@@ -92,9 +110,9 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
 
 def test_seed_makes_draws_reproducible():
     logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(3))
-    params = SamplingParams(temperature=1.0, seed=42)
-    first = [sample(logits, params, g) for g in [params.make_generator()] for _ in range(50)]
-    second = [sample(logits, params, g) for g in [params.make_generator()] for _ in range(50)]
+    params = _params(temperature=1.0, seed=42)
+    first = [sample(logits, params, g) for g in [make_generator(params)] for _ in range(50)]
+    second = [sample(logits, params, g) for g in [make_generator(params)] for _ in range(50)]
     assert first == second
 
 
@@ -117,4 +135,4 @@ def test_seed_makes_draws_reproducible():
 def test_bad_parameters_are_refused_by_name(kwargs):
     name = next(iter(kwargs))
     with pytest.raises(InvalidRequestError, match=name):
-        SamplingParams(**kwargs)
+        GenerationParams(**kwargs)

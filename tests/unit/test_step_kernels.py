@@ -101,10 +101,10 @@ def _decode_logits(model: qwq.Model, ids: list[int], native_step: bool) -> torch
             layer.native_step = None
     try:
         with torch.inference_mode():
-            network.setup_cache(1, len(ids))
-            outputs = [network(torch.tensor([ids[:3]]), 0)[0]]
+            cache = network.new_cache(1, len(ids))
+            outputs = [network(torch.tensor([ids[:3]]), torch.arange(3)[None], cache)[0]]
             for position in range(3, len(ids)):
-                outputs.append(network(torch.tensor([[ids[position]]]), position)[0])
+                outputs.append(network(torch.tensor([[ids[position]]]), torch.tensor([[position]]), cache)[0])
     finally:
         for layer, step in zip(network.model.layers, steps, strict=True):
             layer.native_step = step
@@ -126,7 +126,8 @@ def test_layer_step_decodes_like_the_python_layers(tmp_path, quant, tolerance):
 
 
 def test_layer_step_serves_batched_slots(tmp_path):
-    """Continuous batching's decode: rows in other slots at other positions, as forward_slots gives them."""
+    """Continuous batching's decode: rows in other slots at other positions, as the engine's batched step gives
+    them."""
     model = qwq.load(write_gguf(tmp_path / "tiny.gguf", QType.F32), quant="int8")
     network = model.network
     steps = [layer.native_step for layer in network.model.layers]
@@ -136,12 +137,12 @@ def test_layer_step_serves_batched_slots(tmp_path):
         for layer, step in zip(network.model.layers, steps, strict=True):
             layer.native_step = step if native_step else None
         with torch.inference_mode():
-            network.setup_cache(3, 16)
+            cache = network.new_cache(3, 16)
             for slot, prompt in zip((2, 0), prompts, strict=True):
                 positions = torch.arange(len(prompt))[None]
-                network.forward_slots(torch.tensor([prompt]), positions, torch.tensor([slot]))
+                network(torch.tensor([prompt]), positions, cache, torch.tensor([slot]))
             positions = torch.tensor([[len(prompts[0])], [len(prompts[1])]])
-            return network.forward_slots(torch.tensor([[3], [4]]), positions, torch.tensor([2, 0]))
+            return network(torch.tensor([[3], [4]]), positions, cache, torch.tensor([2, 0]))
 
     native, python = decode_step(True), decode_step(False)
     assert ((native - python).abs().max() / python.abs().max()).item() < 0.01

@@ -2,29 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from pathlib import Path
-
 from qwq.api import Model
 from qwq.config import GenerationDefaults
-from qwq.weights.gguf import GGUFFile
-
-
-def storage_description(model: Model) -> str:
-    """How the weights are stored on disk, and (once loaded) how qwq holds them in memory."""
-    path = Path(model.source)
-    if path.is_file():
-        counts = Counter(info.qtype.name for info in GGUFFile(path).tensor_infos)
-        stored = "GGUF " + ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
-    elif path.is_dir():
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        stored = f"safetensors ({config.get('torch_dtype') or config.get('dtype') or 'dtype not stated'})"
-    else:
-        stored = "not pulled"
-    if model.device.type == "meta":
-        return stored
-    return f"{stored}; loaded as {model.quantization or str(model.dtype).removeprefix('torch.')}"
 
 
 def info_rows(model: Model) -> list[tuple[str, str]]:
@@ -35,7 +14,7 @@ def info_rows(model: Model) -> list[tuple[str, str]]:
     return [
         ("architecture", f"qwen2 ({config.num_hidden_layers} layers)"),
         ("parameters", f"{model.num_parameters() / 1e9:.2f}B ({model.num_parameters():,})"),
-        ("quantization", storage_description(model)),
+        ("quantization", model.storage_description()),
         ("context length", context),
         ("embedding length", str(config.hidden_size)),
         ("attention heads", f"{config.num_attention_heads} (key/value: {config.num_key_value_heads})"),

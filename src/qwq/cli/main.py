@@ -17,12 +17,13 @@ import torch
 
 from qwq import __version__
 from qwq.api import Model, load
+from qwq.benchmark import run_benchmark
 from qwq.cli.info import format_rows, info_rows, parameter_rows
-from qwq.cli.render import ReplyPrinter, print_stats
-from qwq.engine.benchmark import run_benchmark
+from qwq.cli.render import ReplyPrinter, finish_note, print_stats
+from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
-from qwq.reasoning.parser import STYLES, ReasoningSplitter, detect_style
+from qwq.reasoning.parser import STYLES, detect_style
 from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove
 
 DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
@@ -128,15 +129,17 @@ def _load(args: argparse.Namespace) -> Model:
         )
 
 
-def _sampling(args: argparse.Namespace) -> dict:
-    chosen = {
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "min_p": args.min_p,
-        "repetition_penalty": args.repeat_penalty,
-    }
-    return {key: value for key, value in chosen.items() if value is not None}
+def _params(args: argparse.Namespace) -> GenerationParams:
+    """The command line's translation into the one request type (checked before the model loads)."""
+    return GenerationParams.of(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    )
 
 
 def _reasoning_style(args: argparse.Namespace, model: Model) -> tuple[str, bool]:
@@ -153,17 +156,11 @@ def _run(args: argparse.Namespace) -> int:
     if not interactive and not prompt.strip():
         print("error: no prompt given (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
+    params = _params(args)
     started = time.perf_counter()
     model = _load(args)
     load_seconds = time.perf_counter() - started
-    settings = ChatSettings(
-        sampling=_sampling(args),
-        seed=args.seed,
-        max_new_tokens=args.max_tokens,
-        system=args.system,
-        verbose=args.verbose,
-        hide_reasoning=args.hide_reasoning,
-    )
+    settings = ChatSettings(params=params, system=args.system, verbose=args.verbose, hide_reasoning=args.hide_reasoning)
     style = _reasoning_style(args, model)
     if interactive:
         return run_chat(ChatSession(model, settings, style, load_seconds))
@@ -171,14 +168,15 @@ def _run(args: argparse.Namespace) -> int:
         {"role": "user", "content": prompt}
     ]
     asked = time.perf_counter()
-    stream = model.chat(messages, stream=True, max_new_tokens=args.max_tokens, seed=args.seed, **settings.sampling)
-    printer = ReplyPrinter(sys.stdout, None if args.hide_reasoning else sys.stderr, ReasoningSplitter(*style), False)
-    reply = printer.stream(stream)
-    if reply.reasoning and not reply.answer:
-        print(f"qwq: no final answer (the reply ended while reasoning: {reply.finish_reason})", file=sys.stderr)
+    prompt_ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    completion = model.complete(model.request(prompt_ids, params), style)
+    printer = ReplyPrinter(sys.stdout, None if args.hide_reasoning else sys.stderr, False)
+    reply = printer.stream(completion)
+    if (note := finish_note(reply)) is not None:
+        print(note if note.startswith("error") else f"qwq: {note.strip('()')}", file=sys.stderr)
     if args.verbose:
-        print_stats(reply.stats, time.perf_counter() - asked + load_seconds, load_seconds)
-    return 0
+        print_stats(reply.stats, time.perf_counter() - asked + load_seconds, load_seconds, finish=reply.finish_reason)
+    return 1 if reply.finish_reason == "error" else 0
 
 
 def _pull(args: argparse.Namespace) -> int:

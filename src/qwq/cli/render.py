@@ -10,8 +10,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from qwq.engine.generate import GenerationStats, TextStream
-from qwq.reasoning.parser import ReasoningSplitter
+from qwq.engine.output import Completion, GenerationStats, Piece
 
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 
@@ -23,6 +22,7 @@ class Reply:
     reasoning: str
     answer: str
     finish_reason: str | None
+    error: str | None
     stats: GenerationStats
 
     @property
@@ -33,12 +33,9 @@ class Reply:
 class ReplyPrinter:
     """Streams a reply to `answer_out`, its reasoning to `reasoning_out` (None hides it)."""
 
-    def __init__(
-        self, answer_out: TextIO, reasoning_out: TextIO | None, splitter: ReasoningSplitter, labels: bool
-    ) -> None:
+    def __init__(self, answer_out: TextIO, reasoning_out: TextIO | None, labels: bool) -> None:
         self._answer_out = answer_out
         self._reasoning_out = reasoning_out
-        self._splitter = splitter
         self._labels = labels  # "Thinking..." / "...done thinking." around the reasoning, as ollama prints
         self._dim = reasoning_out is not None and reasoning_out.isatty()
         self._reasoning: list[str] = []
@@ -78,27 +75,45 @@ class ReplyPrinter:
         self._answer_out.write(text)
         self._answer_out.flush()
 
-    def _push(self, piece: str, final: bool = False) -> None:
-        delta = self._splitter.flush() if final else self._splitter.push(piece)
-        self._write_reasoning(delta.reasoning)
-        self._write_answer(delta.answer)
+    def _push(self, piece: Piece) -> None:
+        self._write_reasoning(piece.reasoning)
+        self._write_answer(piece.answer)
 
-    def stream(self, text: TextStream) -> Reply:
-        """Print every piece as it arrives; a KeyboardInterrupt stops it cleanly and propagates."""
+    def stream(self, completion: Completion) -> Reply:
+        """Print every piece as it arrives; a KeyboardInterrupt stops it cleanly (and cancels the generation)
+        and propagates."""
         try:
-            for piece in text:
+            for piece in completion.pieces():
                 self._push(piece)
-            self._push("", final=True)
         finally:
+            completion.close()
             self._close_reasoning()
             if self._answer and not self._answer[-1].endswith("\n"):
                 self._answer_out.write("\n")
             self._answer_out.flush()
-        return Reply("".join(self._reasoning), "".join(self._answer), text.finish_reason, text.stats)
+        reasoning, answer = "".join(self._reasoning), "".join(self._answer)
+        return Reply(reasoning, answer, completion.finish_reason, completion.error, completion.stats)
 
 
-def print_stats(stats: GenerationStats, total_seconds: float, load_seconds: float, out: TextIO = sys.stderr) -> None:
-    """ollama's `--verbose` block."""
+def finish_note(reply: Reply) -> str | None:
+    """What the terminal says about how a reply ended, when it did not simply end with its answer."""
+    if reply.finish_reason == "error":
+        return f"error: {reply.error}"
+    if reply.finish_reason == "length":
+        return "(cut off at the token limit: finish reason length)"
+    if reply.reasoning and not reply.answer:
+        return f"(no final answer: the reply ended while reasoning, finish reason {reply.finish_reason})"
+    return None
+
+
+def print_stats(
+    stats: GenerationStats,
+    total_seconds: float,
+    load_seconds: float,
+    out: TextIO = sys.stderr,
+    finish: str | None = None,
+) -> None:
+    """ollama's `--verbose` block, and how the reply ended."""
     rows = [
         ("total duration", f"{total_seconds:.3f}s"),
         ("load duration", f"{load_seconds:.3f}s"),
@@ -108,6 +123,7 @@ def print_stats(stats: GenerationStats, total_seconds: float, load_seconds: floa
         ("eval count", f"{stats.generated_tokens} token(s)"),
         ("eval duration", f"{stats.generate_seconds * 1000:.1f}ms"),
         ("eval rate", f"{stats.generate_rate:.2f} tokens/s"),
+        *([("finish reason", finish)] if finish else []),
     ]
     for label, value in rows:
         out.write(f"{label + ':':<22}{value}\n")

@@ -12,15 +12,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from qwq.api import Model
 from qwq.cli.info import format_rows, info_rows, parameter_rows
-from qwq.cli.render import ReplyPrinter, print_stats
-from qwq.engine.sampling import SamplingParams
+from qwq.cli.render import ReplyPrinter, finish_note, print_stats
+from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError, QwqError
-from qwq.local_models import qwq_home
-from qwq.reasoning.parser import ReasoningSplitter
+from qwq.paths import qwq_home
 
 HELP = """Available commands:
   /set parameter NAME VALUE   set a sampling parameter (/set parameter shows the names)
@@ -32,7 +30,7 @@ HELP = """Available commands:
   /?                          this help
 Use \"\"\" to begin and end a multi-line message. Ctrl+C stops an answer."""
 
-# ollama's parameter names -> (our option name, type)
+# ollama's parameter names -> (the request field, type)
 PARAMETERS: dict[str, tuple[str, type]] = {
     "temperature": ("temperature", float),
     "top_p": ("top_p", float),
@@ -42,8 +40,8 @@ PARAMETERS: dict[str, tuple[str, type]] = {
     "presence_penalty": ("presence_penalty", float),
     "frequency_penalty": ("frequency_penalty", float),
     "seed": ("seed", int),
-    "num_predict": ("max_new_tokens", int),
-    "num_ctx": ("num_ctx", int),
+    "num_predict": ("max_tokens", int),
+    "num_ctx": ("context_length", int),
     "stop": ("stop", str),
 }
 
@@ -52,10 +50,7 @@ PARAMETERS: dict[str, tuple[str, type]] = {
 class ChatSettings:
     """Per-request options the user can change during the session (load-time options are fixed)."""
 
-    sampling: dict[str, Any] = field(default_factory=dict)
-    seed: int | None = None
-    max_new_tokens: int | None = None
-    stop: list[str] = field(default_factory=list)
+    params: GenerationParams = field(default_factory=GenerationParams)
     system: str | None = None
     verbose: bool = False
     hide_reasoning: bool = False
@@ -74,7 +69,8 @@ class ChatSession:
         return system + self.messages
 
     def set_parameter(self, name: str, raw: str) -> str:
-        """Apply `/set parameter NAME VALUE`; raise InvalidRequestError naming the problem."""
+        """Apply `/set parameter NAME VALUE` (the REPL's translation into the request type); raise
+        InvalidRequestError naming the problem, now rather than at the next answer."""
         if name not in PARAMETERS:
             raise InvalidRequestError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
         key, kind = PARAMETERS[name]
@@ -82,24 +78,23 @@ class ChatSession:
             value = kind(raw)
         except ValueError:
             raise InvalidRequestError(f"{name} must be {kind.__name__}, got {raw!r}") from None
-        settings = self.settings
-        if key == "num_ctx":
-            limit = self.model.config.max_position_embeddings
-            if not 1 <= value <= limit:
-                raise InvalidRequestError(f"num_ctx must be between 1 and {limit}, got {value}")
-            self.model.context_length = value
-        elif key == "max_new_tokens":
-            if value != -1 and value < 1:
-                raise InvalidRequestError(f"num_predict must be a positive integer or -1 (no limit), got {value}")
-            settings.max_new_tokens = None if value == -1 else value
+        params = self.settings.params
+        if key == "context_length" and value > self.model.context_length:
+            raise InvalidRequestError(
+                f"num_ctx must be between 1 and the loaded context of {self.model.context_length} "
+                f"(load with a larger --ctx), got {value}"
+            )
+        if key == "max_tokens" and value == -1:
+            self.settings.params = replace(params, max_tokens=None)
+        elif key == "max_tokens" and value < 1:
+            raise InvalidRequestError(f"num_predict must be a positive integer or -1 (no limit), got {value}")
         elif key == "stop":
-            settings.stop.append(value)
-        elif key == "seed":
-            settings.seed = value
+            self.settings.params = replace(params, stop=(*params.stop, value))
         else:
-            candidate = {**settings.sampling, key: value}
-            SamplingParams(**candidate)  # validates the range now, not at the next answer
-            settings.sampling = candidate
+            try:
+                self.settings.params = replace(params, **{key: value})
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(str(exc).replace(key, name, 1)) from None
         return f"Set parameter '{name}' to '{raw}'"
 
     def answer(self, text: str) -> None:
@@ -108,21 +103,11 @@ class ChatSession:
         settings = self.settings
         started = time.perf_counter()
         try:
-            stream = self.model.chat(
-                self.conversation(),
-                stream=True,
-                max_new_tokens=settings.max_new_tokens,
-                stop=settings.stop or None,
-                seed=settings.seed,
-                **settings.sampling,
-            )
-            printer = ReplyPrinter(
-                sys.stdout,
-                None if settings.hide_reasoning else sys.stdout,
-                ReasoningSplitter(*self.reasoning_style),
-                labels=True,
-            )
-            reply = printer.stream(stream)
+            tokenizer = self.model.tokenizer
+            prompt = tokenizer.encode(tokenizer.apply_chat_template(self.conversation(), add_generation_prompt=True))
+            completion = self.model.complete(self.model.request(prompt, settings.params), self.reasoning_style)
+            printer = ReplyPrinter(sys.stdout, None if settings.hide_reasoning else sys.stdout, labels=True)
+            reply = printer.stream(completion)
         except KeyboardInterrupt:
             self.messages.pop()
             print("\n(answer stopped)", flush=True)
@@ -130,11 +115,14 @@ class ChatSession:
         except QwqError:
             self.messages.pop()
             raise
-        self.messages.append({"role": "assistant", "content": reply.text})
-        if reply.reasoning and not reply.answer:
-            print(f"(no final answer: the reply ended while reasoning, finish reason {reply.finish_reason})")
+        if reply.finish_reason == "error":
+            self.messages.pop()
+        else:
+            self.messages.append({"role": "assistant", "content": reply.text})
+        if (note := finish_note(reply)) is not None:
+            print(note)
         if settings.verbose:
-            print_stats(reply.stats, time.perf_counter() - started, self.load_seconds, sys.stdout)
+            print_stats(reply.stats, time.perf_counter() - started, self.load_seconds, sys.stdout, reply.finish_reason)
         print(flush=True)
 
     def command(self, line: str) -> bool:
@@ -178,19 +166,25 @@ class ChatSession:
         if args == ["info"]:
             return format_rows("Model", info_rows(model))
         if args == ["parameters"]:
-            defaults = replace(model.generation_defaults, **self._defaults_overrides())
-            session_rows = [("seed", str(self.settings.seed)), ("num_ctx", str(model.context_length))]
-            rows = parameter_rows(defaults) + session_rows
-            return format_rows("Parameters", rows)
+            params = self.settings.params
+            chosen = {
+                k: getattr(params, k)
+                for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+                if getattr(params, k) is not None
+            }
+            defaults = replace(model.generation_defaults, **chosen)
+            session_rows = [
+                ("seed", str(params.seed)),
+                ("num_predict", str(params.max_tokens or -1)),
+                ("num_ctx", str(params.context_length or model.context_length)),
+                *(("stop", repr(stop)) for stop in params.stop),
+            ]
+            return format_rows("Parameters", parameter_rows(defaults) + session_rows)
         if args == ["system"]:
             return self.settings.system or "No system message was specified."
         if args == ["template"]:
             return model.tokenizer.chat_template or "This model has no chat template."
         raise InvalidRequestError("usage: /show info | parameters | system | template")
-
-    def _defaults_overrides(self) -> dict[str, Any]:
-        known = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
-        return {k: v for k, v in self.settings.sampling.items() if k in known}
 
 
 def _read_message() -> str:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qwq.config import ModelConfig
-from qwq.model.kv_cache import KVCache
+from qwq.model.kv_cache import LayerCache
 from qwq.model.layers import apply_rotary
 
 
@@ -24,7 +24,6 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         # q, k and v in one quantized matrix, set by qwq.quant.decode_path after loading (then q/k/v_proj are gone)
         self.qkv_proj: nn.Module | None = None
-        self.kv_cache: KVCache | None = None
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.qkv_proj is None:
@@ -40,11 +39,12 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         end: int,
+        cache: LayerCache | None = None,
         slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, hidden); mask: (T, end) or (B, 1, T, end) booleans, True where a query may attend to a
-        key, or None for one query (attends to everything) or a whole sequence from position 0 (plain
-        causal). With `slots` (B,), row b uses KV-cache slot slots[b] and `positions` is (B, T)."""
+        """x: (B, T, hidden); positions (B, T); mask: (B, 1, T, end) booleans, True where a query may attend to
+        a key, or None for one query (attends to everything) or a whole sequence from position 0 (plain
+        causal). With a cache, row b is written to and reads from cache slot `slots[b]`."""
         batch, seq, _ = x.shape
         q, k, v = self._project(x)
         q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -52,10 +52,8 @@ class Attention(nn.Module):
         v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if slots is not None:
-            k, v = self.kv_cache.update_slots(slots, positions, k, v, end)  # (B, Hkv, end, D)
-        elif self.kv_cache is not None:
-            k, v = self.kv_cache.update(positions, k, v, end)  # (B, Hkv, end, D)
+        if cache is not None:
+            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D)
         causal = mask is None and seq > 1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))

@@ -1,46 +1,54 @@
-"""A static key/value cache: buffers allocated once per sequence budget and written by position index.
+"""The KV cache: static key/value buffers per layer, allocated once by the engine and written by position index.
 
-Static shapes (as in gpt-fast) keep per-token work free of allocations that grow with the sequence.
+The engine owns it (model modules hold no cache state), so several engines — a server's and an in-process
+caller's — can run one set of weights side by side. Static shapes, as in gpt-fast: buffers of
+`slots` sequences by `max_seq_len` positions, so per-token work allocates nothing that grows with the text.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from qwq.config import ModelConfig
 
 
-class KVCache(nn.Module):
+class KVCache:
     def __init__(
-        self,
-        batch_size: int,
-        num_kv_heads: int,
-        max_seq_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
+        self, config: ModelConfig, slots: int, max_seq_len: int, dtype: torch.dtype, device: torch.device | str
     ) -> None:
-        super().__init__()
-        shape = (batch_size, num_kv_heads, max_seq_len, head_dim)  # (B, Hkv, S, D)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (slots, config.num_key_value_heads, max_seq_len, config.head_dim)  # (slots, Hkv, S, D)
+        layers = config.num_hidden_layers
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+
+    @property
+    def slots(self) -> int:
+        return self.k[0].shape[0]
 
     @property
     def max_seq_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
+
+    def layer(self, index: int) -> LayerCache:
+        return LayerCache(self.k[index], self.v[index])
+
+
+class LayerCache:
+    """One layer's buffers, (slots, Hkv, S, D) each."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
 
     def update(
-        self, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, Hkv, T, D) at `positions` and return the cache's first `end` positions."""
-        self.k.index_copy_(2, positions, k)
-        self.v.index_copy_(2, positions, v)
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def update_slots(
         self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, end: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continuous batching: row b of k, v (B, Hkv, T, D) goes to cache slot `slots[b]` at `positions[b]`
-        (B, T); returns those slots' first `end` positions, (B, Hkv, end, D)."""
+        """Row b of k, v (B, Hkv, T, D) goes to slot `slots[b]` at `positions[b]` (B, T); returns those slots'
+        first `end` positions, (B, Hkv, end, D)."""
+        if slots.numel() == 1:  # one sequence: plain index_copy into its slot, and a view back (no gather)
+            slot = int(slots[0])
+            self.k[slot].index_copy_(1, positions[0], k[0])
+            self.v[slot].index_copy_(1, positions[0], v[0])
+            return self.k[slot : slot + 1, :, :end], self.v[slot : slot + 1, :, :end]
         self.k[slots[:, None], :, positions] = k.transpose(1, 2)  # indexed view: (B, T, Hkv, D)
         self.v[slots[:, None], :, positions] = v.transpose(1, 2)
         return self.k[slots, :, :end], self.v[slots, :, :end]

@@ -15,17 +15,8 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.errors import InvalidRequestError
 from qwq.model.attention import Attention
-from qwq.model.kv_cache import KVCache
+from qwq.model.kv_cache import KVCache, LayerCache
 from qwq.model.layers import MLP, RMSNorm, RotaryEmbedding
-
-
-def causal_mask(positions: torch.Tensor, end: int) -> torch.Tensor | None:
-    """(T, end) booleans, True where a query may attend to a key, or None when the pattern needs no
-    tensor: one new token sees every earlier position, and a whole sequence from position 0 is plainly
-    causal (SDPA's fused `is_causal` path; see `Attention.forward`)."""
-    if positions.shape[0] == 1 or positions.shape[0] == end:
-        return None
-    return positions[:, None] >= torch.arange(end, device=positions.device)[None, :]
 
 
 class DecoderLayer(nn.Module):
@@ -46,12 +37,12 @@ class DecoderLayer(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
         end: int,
+        cache: LayerCache | None = None,
         slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        cache = self.self_attn.kv_cache
         if self.native_step is not None and x.shape[1] == 1 and x.dtype == torch.float32 and cache is not None:
             return self.native_step(x, cache.k, cache.v, cos, sin, slots, positions)  # what the lines below compute
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end, slots)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, mask, end, cache, slots)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -73,46 +64,50 @@ class Qwen2ForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    @property
-    def cache_len(self) -> int:
-        """Positions the KV cache can hold; 0 when no cache is set up."""
-        cache = self.model.layers[0].self_attn.kv_cache
-        return 0 if cache is None else cache.max_seq_len
+    def new_cache(self, slots: int, max_seq_len: int) -> KVCache:
+        """A KV cache for `slots` sequences of up to `max_seq_len` positions, in the activations' dtype."""
+        weight = self.model.norm.weight
+        return KVCache(self.config, slots, max_seq_len, weight.dtype, weight.device)
 
-    def setup_cache(self, batch_size: int, max_seq_len: int) -> None:
-        """Allocate a KV cache for `batch_size` sequences of up to `max_seq_len` positions, or reuse one as large."""
-        if self.cache_len >= max_seq_len and self.model.layers[0].self_attn.kv_cache.k.shape[0] == batch_size:
-            return
-        weight = self.model.norm.weight  # the activations' dtype and device
-        for layer in self.model.layers:
-            attn = layer.self_attn
-            attn.kv_cache = KVCache(
-                batch_size, attn.num_kv_heads, max_seq_len, attn.head_dim, weight.dtype, weight.device
-            )
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        slots: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with `last_only`.
 
-    def drop_cache(self) -> None:
-        for layer in self.model.layers:
-            layer.self_attn.kv_cache = None
-
-    def forward(self, input_ids: torch.Tensor, start_pos: int = 0, last_only: bool = False) -> torch.Tensor:
-        """input_ids: (B, T) at positions start_pos..start_pos+T-1 -> logits (B, T or 1, vocab).
-
-        Without a KV cache the call must cover the whole sequence (start_pos 0); with one, earlier
-        positions come from the cache, which this call extends.
+        Without a cache the call covers whole sequences from position 0. With one (owned by the caller: the
+        engine), row b sits at `positions[b]` (B, T) of cache slot `slots[b]` (default: slot b), attends to
+        everything cached before it in that slot, and extends it. One sequence gets the unmasked (T = 1) or
+        plainly causal (from position 0) attention of a cacheless call, so cached decoding computes what a
+        full recomputation computes.
         """
-        seq = input_ids.shape[1]
-        end = start_pos + seq
-        if self.cache_len == 0 and start_pos != 0:
-            raise InvalidRequestError("start_pos > 0 needs a KV cache (call setup_cache first)")
-        if self.cache_len and end > self.cache_len:
-            raise InvalidRequestError(f"position {end - 1} is past the KV cache's {self.cache_len} positions")
+        batch, seq = input_ids.shape
         device = input_ids.device
-        positions = torch.arange(start_pos, end, device=device)  # (T,)
-        mask = causal_mask(positions, end)
+        if positions is None:
+            positions = torch.arange(seq, device=device).expand(batch, seq)
+        if cache is None:
+            if int(positions[:, 0].max()) != 0:
+                raise InvalidRequestError("positions after 0 need a KV cache (the engine passes one)")
+            end, mask = seq, None
+        else:
+            end = int(positions.max()) + 1
+            if end > cache.max_seq_len:
+                raise InvalidRequestError(f"position {end - 1} is past the KV cache's {cache.max_seq_len} positions")
+            if slots is None:
+                slots = torch.arange(batch, device=device)
+            plain = batch == 1 and (seq == 1 or seq == end)
+            keys = torch.arange(end, device=device)
+            mask = None if plain else (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, end)
         x = self._embed(input_ids)  # (B, T, hidden)
-        cos, sin = self.model.rotary_emb(positions, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, end)
+        cos, sin = self.model.rotary_emb(positions.reshape(-1), x.dtype)  # (B*T, D)
+        cos, sin = cos.view(batch, 1, seq, -1), sin.view(batch, 1, seq, -1)  # (B, 1, T, D)
+        for index, layer in enumerate(self.model.layers):
+            layer_cache = None if cache is None else cache.layer(index)
+            x = layer(x, cos, sin, positions, mask, end, layer_cache, slots)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.model.norm(x))
@@ -120,27 +115,3 @@ class Qwen2ForCausalLM(nn.Module):
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows in the activation dtype (a quantized model keeps its table in bfloat16)."""
         return self.model.embed_tokens(input_ids).to(self.model.norm.weight.dtype)
-
-    def forward_slots(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Continuous batching: row b of input_ids (B, T) sits at `positions[b]` (B, T) of KV-cache slot
-        `slots[b]`; returns the logits of each row's last position, (B, vocab).
-
-        Used for one prompt at a time (B = 1) and for a decode step of every running sequence (T = 1).
-        A single sequence gets the same unmasked (or plainly causal) attention as `forward`, so one request
-        alone computes exactly what the single-stream path computes.
-        """
-        batch, seq = input_ids.shape
-        end = int(positions.max()) + 1
-        if end > self.cache_len:
-            raise InvalidRequestError(f"position {end - 1} is past the KV cache's {self.cache_len} positions")
-        x = self._embed(input_ids)  # (B, T, hidden)
-        cos, sin = self.model.rotary_emb(positions.reshape(-1), x.dtype)  # (B*T, D)
-        cos, sin = cos.view(batch, 1, seq, -1), sin.view(batch, 1, seq, -1)  # (B, 1, T, D)
-        if batch == 1 and (seq == end or seq == 1):
-            mask = None  # one sequence: everything before it (T = 1) or plainly causal from 0 (T = end)
-        else:
-            keys = torch.arange(end, device=input_ids.device)
-            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, end)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, positions, mask, end, slots)
-        return self.lm_head(self.model.norm(x[:, -1]))  # (B, vocab)

@@ -17,7 +17,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from qwq.memory import return_freed_memory
+from qwq.heap import return_freed_memory
 from qwq.quant import native
 from qwq.quant.linear import QuantizedLinear, concatenate_rows
 

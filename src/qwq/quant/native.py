@@ -20,7 +20,7 @@ from types import ModuleType
 
 import torch
 
-from qwq.local_models import qwq_home
+from qwq.paths import qwq_home
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,9 @@ class ReasoningSplitter:
         if style == "none":
             self._state = "answer"
         self._close = _FINAL_ANSWER if style == "qwq-preview" else _THINK_CLOSE
-        self._strip = " \t\r\n*:" if style == "qwq-preview" else " \t\r\n"
+        # what is trimmed off the start of an answer: the heading's rest for QwQ-Preview, the whitespace after a
+        # closing tag; nothing when nothing is split off (the text passes through as the model wrote it)
+        self._strip = {"qwq-preview": " \t\r\n*:", "think": " \t\r\n", "none": ""}[style]
         self._held = ""
         self._answer_started = False
         self._reopen_bold: bool | None = None

@@ -98,25 +98,34 @@ class _TooLarge(Exception):
     pass
 
 
+class _RequireKey:
+    """Pure ASGI middleware: the API routes need `Authorization: Bearer KEY`. (Not Starlette's
+    `@app.middleware`, whose wrapper hides a client's disconnect from the routes behind it.)"""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(_GUARDED_PREFIXES):
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if secrets.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        response = _error(
+            Request(scope),
+            401,
+            "missing or wrong API key (send 'Authorization: Bearer KEY')",
+            kind="authentication_error",
+        )
+        await response(scope, receive, send)
+
+
 def create_app(
     service: Service, api_key: str | None = None, cors_origins: list[str] | None = None, max_body: int = MAX_BODY_BYTES
 ) -> FastAPI:
     app = FastAPI(title="qwq", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.model_names = {service.name, *service.aliases}
-
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key and request.url.path.startswith(_GUARDED_PREFIXES):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(
-                    request,
-                    401,
-                    "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                    kind="authentication_error",
-                )
-        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -132,7 +141,9 @@ def create_app(
 
     @app.exception_handler(QwqError)
     async def refused(request: Request, exc: QwqError) -> JSONResponse:
-        field = str(exc).split(":", 1)[0] if ":" in str(exc) and " " not in str(exc).split(":", 1)[0] else None
+        field = exc.field
+        if field is None and ":" in str(exc) and " " not in str(exc).split(":", 1)[0]:
+            field = str(exc).split(":", 1)[0]
         kind = "model_not_found" if exc.http_status == 404 else None
         if isinstance(exc, ServerBusyError):
             return _error(request, 503, str(exc), kind="server_busy")
@@ -147,6 +158,8 @@ def create_app(
     app.include_router(ollama_routes.router)
     app.include_router(web_routes.router)
     app.mount("/", web_routes.static_files(), name="web")
+    if api_key:
+        app.add_middleware(_RequireKey, api_key=api_key)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(_BodyLimit, limit=max_body)

@@ -10,26 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwq import __version__
-from qwq.cli.info import storage_description
+from qwq.engine.output import Piece
+from qwq.engine.request import GenerationParams, ReasoningParams
 from qwq.errors import ModelNotFoundError
-from qwq.server.service import Piece, Service, stream_until_closed
+from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/api")
-
-# ollama's option names -> our sampling names; num_ctx is a load-time choice here (`qwq serve --ctx`)
-_OPTION_NAMES = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "min_p": "min_p",
-    "repeat_penalty": "repetition_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-}
 
 
 class Options(BaseModel):
@@ -46,11 +36,23 @@ class Options(BaseModel):
     num_ctx: int | None = Field(default=None, ge=1)
     stop: list[str] | None = None
 
-    def sampling(self) -> dict[str, Any]:
-        return {ours: getattr(self, theirs) for theirs, ours in _OPTION_NAMES.items()}
-
-    def max_tokens(self) -> int | None:
-        return None if self.num_predict is None or self.num_predict < 0 else self.num_predict
+    def params(self, split_reasoning: bool) -> GenerationParams:
+        """Ollama's translation into the one request type: num_predict -1 (or unset) fills the context,
+        num_ctx caps this request's context (up to the loaded one)."""
+        return GenerationParams.of(
+            max_tokens=None if self.num_predict is None or self.num_predict < 0 else self.num_predict,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            stop=self.stop,
+            context_length=self.num_ctx,
+            reasoning=ReasoningParams(split=split_reasoning),
+        )
 
 
 class Message(BaseModel):
@@ -107,48 +109,48 @@ def _final_fields(piece: Piece) -> dict[str, Any]:
         "prompt_eval_duration": int(stats.prompt_seconds * 1e9),
         "eval_count": piece.completion_tokens,
         "eval_duration": int(stats.generate_seconds * 1e9),
+        **({"error": piece.error} if piece.finish_reason == "error" else {}),
     }
 
 
-def _answer(
+async def _answer(
     http_request: Request, service: Service, model: str, prompt: list[int], body: ChatRequest | GenerateRequest, shape
 ):
     """Submit now (bad requests fail before a response starts), then answer with NDJSON lines (stream) or one
     object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
     otherwise it stays inline in the text, as ollama does."""
-    options = body.options
-    generate_options = service.options(prompt, options.max_tokens(), options.stop, options.seed, options.sampling())
-    batch_request = service.submit(prompt, generate_options, None)
-    split = bool(body.think)
-
-    def pieces() -> Iterator[tuple[str, str, Piece]]:
-        for piece in service.pieces(batch_request, split_reasoning=split):
-            yield (piece.answer, piece.reasoning, piece) if split else (piece.reasoning + piece.answer, "", piece)
+    (handle,) = service.submit(prompt, [body.options.params(split_reasoning=bool(body.think))])
 
     def message(text: str, thinking: str, **fields: Any) -> dict[str, Any]:
         return {"model": model, "created_at": _now(), **shape(text, thinking), **fields}
 
     if not body.stream:
-        texts, thoughts, last = [], [], None
-        for text, thinking, piece in pieces():
-            texts.append(text)
-            thoughts.append(thinking)
-            last = piece
-        return message("".join(texts), "".join(thoughts), **_final_fields(last))
+
+        def answer() -> dict[str, Any]:
+            texts, thoughts, last = [], [], None
+            for piece in service.completion(handle).pieces():
+                texts.append(piece.answer)
+                thoughts.append(piece.reasoning)
+                last = piece
+            if last.finish_reason == "error":  # as ollama answers a failed generation: 500 and the message
+                return JSONResponse({"error": last.error}, status_code=500)
+            return message("".join(texts), "".join(thoughts), **_final_fields(last))
+
+        return await answer_until_closed(answer, [handle], http_request)
 
     def lines() -> Iterator[str]:
-        for text, thinking, piece in pieces():
-            if text or thinking:
-                yield json.dumps(message(text, thinking, done=False)) + "\n"
+        for piece in service.completion(handle).pieces():
+            if piece.answer or piece.reasoning:
+                yield json.dumps(message(piece.answer, piece.reasoning, done=False)) + "\n"
             if piece.finish_reason is not None:
                 yield json.dumps(message("", "", **_final_fields(piece))) + "\n"
 
-    stream = stream_until_closed(lines(), [batch_request], http_request)
+    stream = stream_until_closed(lines(), [handle], http_request)
     return StreamingResponse(stream, media_type="application/x-ndjson")
 
 
 @router.post("/chat")
-def chat(body: ChatRequest, request: Request):
+async def chat(body: ChatRequest, request: Request):
     service = _service(request, body.model)
     prompt = service.chat_prompt([{"role": m.role, "content": m.content} for m in body.messages])
 
@@ -158,11 +160,11 @@ def chat(body: ChatRequest, request: Request):
             message["thinking"] = thinking
         return {"message": message}
 
-    return _answer(request, service, body.model, prompt, body, shape)
+    return await _answer(request, service, body.model, prompt, body, shape)
 
 
 @router.post("/generate")
-def generate(body: GenerateRequest, request: Request):
+async def generate(body: GenerateRequest, request: Request):
     service = _service(request, body.model)
     if body.raw:
         prompt = service.text_prompt(body.prompt)
@@ -173,7 +175,7 @@ def generate(body: GenerateRequest, request: Request):
     def shape(text: str, thinking: str) -> dict[str, Any]:
         return {"response": text, **({"thinking": thinking} if thinking else {})}
 
-    return _answer(request, service, body.model, prompt, body, shape)
+    return await _answer(request, service, body.model, prompt, body, shape)
 
 
 def _details(service: Service) -> dict[str, Any]:
@@ -251,7 +253,7 @@ def show(body: ShowRequest, request: Request) -> dict[str, Any]:
         "qwen2.attention.head_count_kv": config.num_key_value_heads,
         "qwen2.feed_forward_length": config.intermediate_size,
         "qwen2.rope.freq_base": config.rope_theta,
-        "qwq.storage": storage_description(model),
+        "qwq.storage": model.storage_description(),
     }
     capabilities = ["completion"] + (["thinking"] if service.reasoning_style != ("think", False) else [])
     return {

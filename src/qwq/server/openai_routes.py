@@ -13,8 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwq.engine.output import Piece
+from qwq.engine.request import SEED_RANGE, GenerationParams, ReasoningParams
 from qwq.errors import InvalidRequestError, ModelNotFoundError
-from qwq.server.service import Piece, Service, stream_until_closed
+from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/v1")
 
@@ -55,9 +57,22 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
 
-    def sampling(self) -> dict[str, Any]:
-        keys = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
-        return {key: getattr(self, key) for key in keys}
+    def params(self, max_tokens: int | None, logprobs: int | None, index: int) -> GenerationParams:
+        """The OpenAI dialect's translation into the one request type (choice `index` seeded seed + index)."""
+        return GenerationParams.of(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            stop=self.stop,
+            seed=None if self.seed is None else _choice_seed(self.seed, index),
+            logprobs=logprobs,
+            reasoning=ReasoningParams(split=isinstance(self, ChatCompletionRequest)),
+        )
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -80,8 +95,11 @@ def _service(request: Request, model: str) -> Service:
     return service
 
 
-def _seed(seed: int | None, index: int) -> int | None:
-    return None if seed is None else seed + index
+def _choice_seed(seed: int, index: int) -> int:
+    """Choice `index` of n samples with seed + index, wrapped into the seed range (2**64 - 1 + 1 is 0)."""
+    if seed > SEED_RANGE[1] or seed + index <= SEED_RANGE[1]:
+        return seed + index  # in range, or out of range already (and refused as the client sent it)
+    return (seed + index) % 2**64
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -121,46 +139,54 @@ def list_models(request: Request) -> dict[str, Any]:
     }
 
 
+def _error_field(piece: Piece) -> dict[str, Any]:
+    """A choice that failed inside generation says why, next to its finish reason 'error'."""
+    return {"error": {"message": piece.error, "type": "server_error"}} if piece.finish_reason == "error" else {}
+
+
 @router.post("/chat/completions")
-def chat_completions(body: ChatCompletionRequest, request: Request):
+async def chat_completions(body: ChatCompletionRequest, request: Request):
     service = _service(request, body.model)
     prompt = service.chat_prompt([m.as_template_message() for m in body.messages])
     max_tokens = body.max_completion_tokens or body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    submitted = []
-    for index in range(body.n):
-        options = service.options(prompt, max_tokens, body.stop, _seed(body.seed, index), body.sampling())
-        submitted.append(service.submit(prompt, options, top))
+    handles = service.submit(prompt, [body.params(max_tokens, top, index) for index in range(body.n)])
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": completion_id, "created": created, "model": body.model}
 
     if not body.stream:
-        choices, completion_tokens = [], 0
-        for index, batch_request in enumerate(submitted):
-            reasoning, answer, logprobs, last = [], [], [], None
-            for piece in service.pieces(batch_request, split_reasoning=True):
-                reasoning.append(piece.reasoning)
-                answer.append(piece.answer)
-                if top is not None:
-                    logprobs.extend(_chat_logprobs(service, piece, top)["content"])
-                last = piece
-            completion_tokens += last.completion_tokens
-            message = {"role": "assistant", "content": "".join(answer), "reasoning_content": "".join(reasoning) or None}
-            choices.append(
-                {
-                    "index": index,
-                    "message": message,
-                    "logprobs": {"content": logprobs} if top is not None else None,
-                    "finish_reason": last.finish_reason,
-                }
-            )
-        usage = _usage(len(prompt), completion_tokens)
-        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+
+        def answer() -> dict[str, Any]:
+            choices, completion_tokens = [], 0
+            for index, handle in enumerate(handles):
+                reasoning, answer, logprobs, last = [], [], [], None
+                for piece in service.completion(handle).pieces():
+                    reasoning.append(piece.reasoning)
+                    answer.append(piece.answer)
+                    if top is not None:
+                        logprobs.extend(_chat_logprobs(service, piece, top)["content"])
+                    last = piece
+                completion_tokens += last.completion_tokens
+                content = "".join(answer)
+                message = {"role": "assistant", "content": content, "reasoning_content": "".join(reasoning) or None}
+                choices.append(
+                    {
+                        "index": index,
+                        "message": message,
+                        "logprobs": {"content": logprobs} if top is not None else None,
+                        "finish_reason": last.finish_reason,
+                        **_error_field(last),
+                    }
+                )
+            usage = _usage(len(prompt), completion_tokens)
+            return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
+
+        return await answer_until_closed(answer, handles, request)
 
     def events() -> Iterator[str]:
         chunk = {**base, "object": "chat.completion.chunk"}
         completion_tokens = 0
-        for index, batch_request in enumerate(submitted):
+        for index, handle in enumerate(handles):
             first = {
                 "index": index,
                 "delta": {"role": "assistant", "content": ""},
@@ -168,7 +194,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request):
                 "finish_reason": None,
             }
             yield _sse({**chunk, "choices": [first]})
-            for piece in service.pieces(batch_request, split_reasoning=True):
+            for piece in service.completion(handle).pieces():
                 delta = {}
                 if piece.reasoning:
                     delta["reasoning_content"] = piece.reasoning
@@ -180,12 +206,12 @@ def chat_completions(body: ChatCompletionRequest, request: Request):
                 if piece.finish_reason is not None:
                     completion_tokens += piece.completion_tokens
                     final = {"index": index, "delta": {}, "logprobs": None, "finish_reason": piece.finish_reason}
-                    yield _sse({**chunk, "choices": [final]})
+                    yield _sse({**chunk, "choices": [{**final, **_error_field(piece)}]})
         if body.stream_options and body.stream_options.include_usage:
             yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(stream_until_closed(events(), submitted, request), media_type="text/event-stream")
+    return StreamingResponse(stream_until_closed(events(), handles, request), media_type="text/event-stream")
 
 
 def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[str, list]:
@@ -201,15 +227,12 @@ def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[st
 
 
 @router.post("/completions")
-def completions(body: CompletionRequest, request: Request):
+async def completions(body: CompletionRequest, request: Request):
     service = _service(request, body.model)
     prompt = service.text_prompt(body.prompt)
     if not prompt:
         raise InvalidRequestError("prompt: must not be empty")
-    submitted = []
-    for index in range(body.n):
-        options = service.options(prompt, body.max_tokens, body.stop, _seed(body.seed, index), body.sampling())
-        submitted.append(service.submit(prompt, options, body.logprobs))
+    handles = service.submit(prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -218,27 +241,31 @@ def completions(body: CompletionRequest, request: Request):
     }
 
     if not body.stream:
-        choices, completion_tokens = [], 0
-        for index, batch_request in enumerate(submitted):
-            text, merged, last = [], {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}, None
-            for piece in service.pieces(batch_request, split_reasoning=False):
-                if body.logprobs is not None:
-                    for key, values in _completion_logprobs(service, piece, len("".join(text))).items():
-                        merged[key].extend(values)
-                text.append(piece.answer)
-                last = piece
-            completion_tokens += last.completion_tokens
-            logprobs = merged if body.logprobs is not None else None
-            choices.append(
-                {"index": index, "text": "".join(text), "logprobs": logprobs, "finish_reason": last.finish_reason}
-            )
-        return {**base, "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+
+        def answer() -> dict[str, Any]:
+            choices, completion_tokens = [], 0
+            for index, handle in enumerate(handles):
+                text, last = [], None
+                merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                for piece in service.completion(handle).pieces():
+                    if body.logprobs is not None:
+                        for key, values in _completion_logprobs(service, piece, len("".join(text))).items():
+                            merged[key].extend(values)
+                    text.append(piece.answer)
+                    last = piece
+                completion_tokens += last.completion_tokens
+                logprobs = merged if body.logprobs is not None else None
+                choice = {"index": index, "text": "".join(text), "logprobs": logprobs}
+                choices.append({**choice, "finish_reason": last.finish_reason, **_error_field(last)})
+            return {**base, "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+
+        return await answer_until_closed(answer, handles, request)
 
     def events() -> Iterator[str]:
         completion_tokens = 0
-        for index, batch_request in enumerate(submitted):
+        for index, handle in enumerate(handles):
             written = 0
-            for piece in service.pieces(batch_request, split_reasoning=False):
+            for piece in service.completion(handle).pieces():
                 logprobs = _completion_logprobs(service, piece, written) if body.logprobs is not None else None
                 written += len(piece.answer)
                 if piece.answer or piece.finish_reason:
@@ -247,6 +274,7 @@ def completions(body: CompletionRequest, request: Request):
                         "text": piece.answer,
                         "logprobs": logprobs,
                         "finish_reason": piece.finish_reason,
+                        **_error_field(piece),
                     }
                     yield _sse({**base, "choices": [choice]})
                 if piece.finish_reason:
@@ -255,4 +283,4 @@ def completions(body: CompletionRequest, request: Request):
             yield _sse({**base, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(stream_until_closed(events(), submitted, request), media_type="text/event-stream")
+    return StreamingResponse(stream_until_closed(events(), handles, request), media_type="text/event-stream")

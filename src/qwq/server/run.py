@@ -1,16 +1,36 @@
-"""Starting the server: the batching engine on the loaded model, the app, uvicorn."""
+"""Starting the server: the engine on its background thread, the app, uvicorn; stopping it within seconds."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+
+import uvicorn
 
 from qwq.api import Model
-from qwq.engine.batching import BatchEngine
+from qwq.engine.background import EngineThread
+from qwq.engine.engine import Engine
 from qwq.server.app import create_app
 from qwq.server.service import Service
 
 logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or Ctrl+C first ends every generation in flight (finish reason
+    `abort`), so open streams close properly within the grace period instead of being cut."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()
+        super().handle_exit(sig, frame)
 
 
 def serve(
@@ -26,9 +46,9 @@ def serve(
     max_batch: int,
     max_queue: int,
 ) -> int:
-    import uvicorn
-
-    engine = BatchEngine(model.network, model.context_length, max_batch=max_batch, max_waiting=max_queue)
+    engine = EngineThread(
+        Engine(model.network, model.tokenizer, model.context_length, max_batch=max_batch, max_waiting=max_queue)
+    )
     served = Path(name).stem if Path(name).suffix == ".gguf" else name
     aliases = tuple({name, served, f"{served}:latest"} - {served})
     service = Service(model, engine, served, reasoning_style, aliases=aliases, load_seconds=load_seconds)
@@ -38,8 +58,9 @@ def serve(
     logger.info(
         "serving %s on http://%s:%d (OpenAI API at /v1, Ollama API at /api, chat page at /)", served, host, port
     )
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        _Server(config, on_exit=lambda: engine.close(wait=False)).run()
     finally:
         engine.close()
     return 0

@@ -1,41 +1,30 @@
-"""The one internal request both HTTP dialects translate into, and its run on the batching engine: text
-pieces (detokenized, stop strings applied, reasoning split from answer) with their tokens' log-probs.
-"""
+"""What both HTTP dialects share: the model's prompts, the one request type resolved against the model, the
+engine thread that runs it, and the text pipeline's Completion for each submitted request."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import Request as HTTPRequest
 
 from qwq.api import Model
-from qwq.engine.batching import BatchEngine, BatchRequest, TokenEvent
-from qwq.engine.generate import GenerateOptions, GenerationStats, TextStream
-from qwq.errors import InvalidRequestError
+from qwq.engine.background import EngineThread, Handle
+from qwq.engine.output import Completion
+from qwq.engine.request import GenerationParams
 from qwq.reasoning.parser import ReasoningSplitter
 
-
-@dataclass
-class Piece:
-    """New text of one choice; the last piece of a choice carries the finish reason and the counts."""
-
-    reasoning: str = ""
-    answer: str = ""
-    events: list[TokenEvent] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    stats: GenerationStats | None = None
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
 
 
 @dataclass
 class Service:
     model: Model
-    engine: BatchEngine
+    engine: EngineThread
     name: str
     reasoning_style: tuple[str, bool]
     aliases: tuple[str, ...] = ()
@@ -51,78 +40,62 @@ class Service:
             return self.model.tokenizer.encode(prompt)
         return list(prompt)
 
-    def options(
-        self,
-        prompt_ids: list[int],
-        max_tokens: int | None,
-        stop: str | list[str] | None,
-        seed: int | None,
-        sampling: dict[str, Any],
-    ) -> GenerateOptions:
-        """Checked options; the context check is also made here so that its error names the request's field."""
-        if max_tokens is not None and len(prompt_ids) + max_tokens > self.model.context_length:
-            raise InvalidRequestError(
-                f"max_tokens: the prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
-                f"context length of {self.model.context_length} tokens"
-            )
-        return self.model.generation_options(len(prompt_ids), max_tokens, stop, None, False, seed, sampling)
+    def submit(self, prompt_ids: list[int], choices: Sequence[GenerationParams]) -> list[Handle]:
+        """Queue one request per choice, all or none, now: bad prompts and a full server fail before any
+        response starts."""
+        requests = [self.model.request(prompt_ids, params) for params in choices]
+        return self.engine.submit(requests)
 
-    def submit(self, prompt_ids: list[int], options: GenerateOptions, logprobs: int | None) -> BatchRequest:
-        """Queue now (so bad prompts and a full queue fail before any response starts)."""
-        return self.engine.submit(BatchRequest(prompt_ids, options, logprobs))
-
-    def pieces(self, request: BatchRequest, split_reasoning: bool) -> Iterator[Piece]:
-        """The request's text as it is generated; closing this iterator cancels the request."""
-        events: list[TokenEvent] = []
-        options = request.options
-        stop_ids = () if options.ignore_eos else options.stop_token_ids
-
-        def token_ids() -> Iterator[int]:
-            try:
-                for event in request.tokens():
-                    if event.token not in stop_ids:  # the stop token is not part of the text, nor of its logprobs
-                        events.append(event)
-                    yield event.token
-            finally:
-                request.cancelled.set()
-
-        tokens = token_ids()
-        text = TextStream(tokens, self.model.tokenizer, request.options, prompt_tokens=len(request.prompt_ids))
-        splitter = ReasoningSplitter(*self.reasoning_style) if split_reasoning else ReasoningSplitter("none")
-        handed = 0
-        try:
-            for chunk in text:
-                delta = splitter.push(chunk)
-                yield Piece(delta.reasoning, delta.answer, events[handed:])
-                handed = len(events)
-            delta = splitter.flush()
-            yield Piece(
-                delta.reasoning,
-                delta.answer,
-                events[handed:],
-                finish_reason=text.finish_reason,
-                prompt_tokens=len(request.prompt_ids),
-                completion_tokens=len(text.token_ids),
-                stats=text.stats,
-            )
-        finally:
-            tokens.close()
+    def completion(self, handle: Handle) -> Completion:
+        """The handle's reply through the text pipeline; closing it cancels the request."""
+        params = handle.request.params
+        style = self.reasoning_style if params.reasoning.split else ("none", False)
+        splitter = ReasoningSplitter(*style)
+        return Completion(handle.outputs(), len(handle.request.prompt_ids), splitter, on_close=handle.cancel)
 
     def token_text(self, token: int) -> str:
         return self.model.tokenizer.decode([token])
 
 
 async def stream_until_closed(
-    lines: Iterator[str], requests: Sequence[BatchRequest], http_request: Request
+    lines: Iterator[str], handles: Sequence[Handle], http_request: HTTPRequest
 ) -> AsyncIterator[str]:
     """Serve a blocking line iterator from a worker thread until it ends or the client goes away (checked
     before each line: the server does not fail a send to a closed connection); either way, cancel its
     requests at once so their KV-cache slots free at the next step."""
     try:
-        while (line := await anyio.to_thread.run_sync(next, lines, None)) is not None:
+        while (line := await anyio.to_thread.run_sync(next, lines, None, abandon_on_cancel=True)) is not None:
             if await http_request.is_disconnected():
                 break
             yield line
     finally:
-        for request in requests:
-            request.cancelled.set()
+        for handle in handles:
+            handle.cancel()
+
+
+async def answer_until_closed(work: Callable[[], T], handles: Sequence[Handle], http_request: HTTPRequest) -> T | None:
+    """Run a blocking, non-streaming answer in a worker thread while watching the connection: a client that
+    goes away cancels its requests (their slots free at the next step) instead of holding them to max_tokens."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            result.append(await anyio.to_thread.run_sync(work, abandon_on_cancel=True))
+        except Exception as exc:  # raised outside the task group, as itself (not wrapped in a group)
+            failure.append(exc)
+        finally:
+            scope.cancel_scope.cancel()
+
+    async def watch() -> None:
+        while not await http_request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        for handle in handles:
+            handle.cancel()
+
+    async with anyio.create_task_group() as scope:
+        scope.start_soon(run)
+        scope.start_soon(watch)
+    if failure:
+        raise failure[0]
+    return result[0] if result else None

@@ -14,9 +14,8 @@ from torch import nn
 
 from qwq.config import ModelConfig
 from qwq.errors import ModelLoadError
-from qwq.memory import return_freed_memory
+from qwq.heap import return_freed_memory
 from qwq.model.qwen2 import Qwen2ForCausalLM
-from qwq.quant.decode_path import prepare_quantized_decode
 from qwq.quant.linear import QuantizedLinear
 
 EMBEDDING = "model.embed_tokens.weight"
@@ -99,5 +98,4 @@ def load_weights(
     if tied and not quantized_head:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset(device)
-    prepare_quantized_decode(model)
     return model

@@ -234,6 +234,7 @@ async function send(text) {
   let firstToken = null;
   let thinkingEnded = null;
   let finishReason = null;
+  let failureMessage = null;
   let usage = null;
   let outcome = "done";
   try {
@@ -265,6 +266,7 @@ async function send(text) {
         view.answer.update(answer);
       }
       if (choice.finish_reason) finishReason = choice.finish_reason;
+      if (choice.finish_reason === "error") failureMessage = choice.error?.message ?? "generation failed";
     }
   } catch (failure) {
     if (failure.name === "AbortError") {
@@ -284,7 +286,10 @@ async function send(text) {
     view.reasoning.querySelector("summary").textContent = `Thought for ${seconds} s`;
     view.reasoning.open = !answer; // fold the reasoning away once there is an answer to read
   }
-  if (outcome === "stopped") showNote(view, "Stopped.");
+  if (outcome === "done" && finishReason === "error") {
+    outcome = "error";
+    showNote(view, `The model failed: ${failureMessage}`, true);
+  } else if (outcome === "stopped" || finishReason === "abort") showNote(view, "Stopped.");
   else if (outcome === "done" && !answer && reasoning)
     showNote(view, "The reply ended inside its reasoning: no final answer.");
   else if (finishReason === "length") showNote(view, "Cut off at the token limit.");

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from qwq.api import Model
-from qwq.engine.generate import GenerateOptions, generate_tokens
-from qwq.engine.sampling import SamplingParams
+from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError
 from qwq.tokenizer.tokenizer import Tokenizer
 
@@ -118,17 +117,18 @@ def run_benchmark(
     if model.tokenizer is None:
         raise InvalidRequestError(f"{model.source} has no tokenizer to build a benchmark prompt with")
     ids = benchmark_prompt(model.tokenizer, prompt_tokens)
-    options = GenerateOptions(max_new_tokens=new_tokens + 1, sampling=SamplingParams(temperature=0.0), ignore_eos=True)
+    params = GenerationParams(max_tokens=new_tokens + 1, temperature=0.0, ignore_eos=True)
     first_token, prefill, decode = [], [], []
     total = repeats * (new_tokens + 1)
     done = 0
+    engine = model.engine(len(ids) + new_tokens + 1)  # its KV cache allocated before the clock starts
     for _ in range(repeats):
         start = time.perf_counter()
-        tokens = generate_tokens(model.network, ids, options, model.context_length)
-        next(tokens)
+        outputs = engine.stream(model.request(ids, params))
+        next(outputs)
         first = time.perf_counter()
         done += 1
-        for _ in tokens:
+        for _ in outputs:
             done += 1
             if on_step:
                 on_step(done, total)

@@ -1,0 +1,301 @@
+"""The one generation loop: every request — a CLI answer, a Python call, a server's hundredth stream — is a
+sequence in an `Engine`, and `Engine.step` advances all of them together.
+
+A step admits waiting requests into free KV-cache slots, feeds the model what each sequence's cache lacks
+(scheduler.py: batched one-token decodes plus prompt chunks under a token budget), passes each sequence's
+logits through its processor chain, samples, appends, runs its token hooks, and applies the one stop check.
+The engine owns the KV cache. A failure fails only the request at fault (finish reason `error`, with a
+message); the others go on. `Engine.stream` is the synchronous driver (one request, this thread);
+`background.EngineThread` drives the same engine for the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from qwq.engine.processors import default_chain
+from qwq.engine.request import Request, check_prompt
+from qwq.engine.sampling import make_generator, sample
+from qwq.engine.scheduler import Scheduler
+from qwq.engine.sequence import SequenceState, TokenEvent
+from qwq.engine.stop import check_stop
+from qwq.errors import ContextLengthError, InvalidRequestError, QwqError, ServerBusyError
+from qwq.model.qwen2 import Qwen2ForCausalLM
+from qwq.tokenizer.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PREFILL_CHUNK = 512  # prompt tokens per step: a 512-token prompt is one chunk, a long one many
+
+
+@dataclass(frozen=True)
+class SequenceOutput:
+    """What one step produced for one request: new text (stop strings applied), the visible new tokens, the
+    output's length so far, and once it ends its finish reason (and for `error`, the message)."""
+
+    request_id: int
+    text: str = ""
+    events: tuple[TokenEvent, ...] = ()
+    start: int = 0  # the output ids from this index on are `new_ids` (earlier ones are as handed out before)
+    new_ids: tuple[int, ...] = ()
+    num_output: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+    rolled_back: int = 0
+
+
+@dataclass
+class _Inbox:
+    waiting: list[Request] = field(default_factory=list)
+    aborted: set[int] = field(default_factory=set)
+
+
+def _failure_message(exc: Exception) -> str:
+    if isinstance(exc, QwqError):
+        return str(exc)
+    return f"generation failed: {type(exc).__name__}: {exc}"
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Qwen2ForCausalLM,
+        tokenizer: Tokenizer | None,
+        context_length: int,
+        max_batch: int = 1,
+        max_waiting: int = 64,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    ) -> None:
+        if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
+            raise InvalidRequestError("max_batch and prefill_chunk must be at least 1, max_waiting at least 0")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.max_waiting = max_waiting
+        self.device = model.model.embed_tokens.weight.device
+        self.cache = model.new_cache(max_batch, context_length)
+        self.scheduler = Scheduler(max_batch, prefill_chunk)
+        self._lock = threading.Lock()  # guards the inbox: add and abort come from any thread
+        self._inbox = _Inbox()
+        self._in_flight = 0  # accepted and not yet finished
+
+    @property
+    def max_batch(self) -> int:
+        return self.scheduler.max_batch
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) request counts."""
+        running = len(self.scheduler.running)
+        return running, self._in_flight - running
+
+    @property
+    def has_work(self) -> bool:
+        return self._in_flight > 0
+
+    def add(self, requests: Sequence[Request]) -> None:
+        """Accept requests, all or none (a request's n choices go in together). Each prompt and budget is
+        checked now, so a bad request fails at the call; ServerBusyError when slots and waiting line are full."""
+        for request in requests:
+            request.prompt_ids = check_prompt(request.prompt_ids, self.model.config.vocab_size)
+            budget = request.params.max_tokens
+            if budget is None:
+                raise InvalidRequestError("the engine runs resolved params: call GenerationParams.resolved first")
+            if len(request.prompt_ids) + budget > self.context_length:
+                raise ContextLengthError(
+                    f"the prompt ({len(request.prompt_ids)} tokens) + max_tokens ({budget}) exceeds the "
+                    f"engine's context of {self.context_length} tokens"
+                )
+        with self._lock:
+            capacity = self.max_batch + self.max_waiting
+            if self._in_flight + len(requests) > capacity:
+                raise ServerBusyError(
+                    f"{self._in_flight} requests are running or waiting (capacity {capacity}); retry shortly"
+                )
+            self._in_flight += len(requests)
+            self._inbox.waiting.extend(requests)
+
+    def abort(self, request_id: int) -> None:
+        """End a request at the next step (finish reason `abort`); its slot frees at once."""
+        with self._lock:
+            self._inbox.aborted.add(request_id)
+
+    def stream(self, request: Request) -> Iterator[SequenceOutput]:
+        """The synchronous driver: run `request` on this thread to its end; closing the iterator aborts it."""
+        self.add([request])
+        try:
+            while True:
+                for output in self.step():
+                    if output.request_id == request.request_id:
+                        yield output
+                        if output.finish_reason is not None:
+                            return
+        finally:
+            self.abort(request.request_id)
+            self.step_aborts()
+
+    # -- the step
+    @torch.inference_mode()
+    def step(self) -> list[SequenceOutput]:
+        """Advance every running sequence by one step; the outputs of the requests that produced something."""
+        outputs = self.step_aborts()
+        self._admit(outputs)
+        plan = self.scheduler.plan()
+        if plan.decode:
+            self._decode(plan.decode)
+        for sequence, count in plan.prefill:
+            self._prefill(sequence, count)
+        for sequence in [*plan.decode, *(s for s, _ in plan.prefill)]:
+            output = self._output(sequence)
+            if output.new_ids or output.text or output.finish_reason:
+                outputs.append(output)
+        self._release_finished()
+        return outputs
+
+    def step_aborts(self) -> list[SequenceOutput]:
+        """Apply the aborts asked for since the last step; their final outputs."""
+        with self._lock:
+            aborted, self._inbox.aborted = self._inbox.aborted, set()
+            dropped = [r for r in self._inbox.waiting if r.request_id in aborted]
+            self._inbox.waiting = [r for r in self._inbox.waiting if r.request_id not in aborted]
+        queued = [r for r in self.scheduler.waiting if r.request_id in aborted]
+        for request in queued:
+            self.scheduler.waiting.remove(request)
+        outputs = [SequenceOutput(r.request_id, finish_reason="abort") for r in [*dropped, *queued]]
+        self._in_flight -= len(dropped) + len(queued)
+        for sequence in self.scheduler.running:
+            if sequence.request.request_id in aborted:
+                sequence.finish("abort")
+                outputs.append(self._output(sequence))
+        self._release_finished()
+        return outputs
+
+    def end_all(self, reason: str, message: str) -> list[SequenceOutput]:
+        """End every request, running or waiting, with `reason` and `message` (an engine bug: `error`; a
+        shutdown: `abort`); running ones keep what they produced."""
+        with self._lock:
+            waiting, self._inbox.waiting = self._inbox.waiting, []
+        waiting += list(self.scheduler.waiting)
+        self.scheduler.waiting.clear()
+        outputs = [SequenceOutput(r.request_id, finish_reason=reason, error=message) for r in waiting]
+        self._in_flight -= len(waiting)
+        for sequence in self.scheduler.running:
+            sequence.finish(reason, message)
+            outputs.append(self._output(sequence))
+        self._release_finished()
+        return outputs
+
+    def _admit(self, outputs: list[SequenceOutput]) -> None:
+        with self._lock:
+            self.scheduler.waiting.extend(self._inbox.waiting)
+            self._inbox.waiting = []
+        free = self.scheduler.free_slots()
+        while free and self.scheduler.waiting:
+            request = self.scheduler.waiting.popleft()
+            sequence = SequenceState(request, free.pop(0), self.tokenizer, self.model.config.vocab_size, self.device)
+            try:
+                sequence.generator = make_generator(request.params, self.device)
+            except Exception as exc:  # a seed torch refuses: this request fails, the rest go on
+                sequence.finish("error", _failure_message(exc))
+                outputs.append(self._output(sequence))
+                self._in_flight -= 1
+                free.insert(0, sequence.slot)
+                continue
+            self.scheduler.running.append(sequence)
+
+    def _decode(self, batch: list[SequenceState]) -> None:
+        """One forward for every one-token sequence; if it fails, each row alone, so only the faulty fail."""
+        try:
+            logits = self._forward(batch, [s.pending for s in batch])
+        except Exception:
+            if len(batch) == 1:
+                self._forward_failed(batch[0])
+            else:
+                for sequence in batch:
+                    self._decode([sequence])
+            return
+        for sequence, row in zip(batch, logits, strict=True):
+            sequence.num_computed += 1
+            self._advance(sequence, row)
+
+    def _prefill(self, sequence: SequenceState, count: int) -> None:
+        start = sequence.num_computed
+        try:
+            logits = self._forward([sequence], [sequence.token_ids[start : start + count]])
+        except Exception:
+            self._forward_failed(sequence)
+            return
+        sequence.num_computed += count
+        if not sequence.pending:  # prompt (or forced tokens) all in: the logits after them choose the next token
+            self._advance(sequence, logits[0])
+
+    def _forward_failed(self, sequence: SequenceState) -> None:
+        logger.exception("forward failed for request %d", sequence.request.request_id)
+        sequence.finish("error", "generation failed in the model's forward pass (see the server log)")
+
+    def _forward(self, sequences: list[SequenceState], chunks: list[list[int]]) -> torch.Tensor:
+        """Logits after each sequence's chunk (all chunks one token long, or a single sequence): (B, vocab)."""
+        device = self.device
+        ids = torch.tensor(chunks, device=device)  # (B, T)
+        starts = torch.tensor([s.num_computed for s in sequences], device=device)
+        positions = starts[:, None] + torch.arange(ids.shape[1], device=device)[None]  # (B, T)
+        slots = torch.tensor([s.slot for s in sequences], device=device)
+        return self.model(ids, positions, self.cache, slots, last_only=True)[:, -1].float()
+
+    def _advance(self, sequence: SequenceState, logits: torch.Tensor) -> None:
+        """Choose, append and check one token; any failure here ends only this sequence."""
+        params = sequence.params
+        try:
+            raw = logits
+            for processor in (*default_chain(params), *sequence.request.processors):
+                logits = processor(sequence, logits)
+            token = sample(logits, params, sequence.generator)
+            sequence.append(self._event(token, raw, params.logprobs))
+            for hook in sequence.request.hooks:
+                hook(sequence, token)
+                if sequence.finished:
+                    break
+            reason = check_stop(sequence)
+            if reason is not None:
+                sequence.finish(reason)
+        except Exception as exc:
+            if not isinstance(exc, QwqError):
+                logger.exception("request %d failed while choosing a token", sequence.request.request_id)
+            sequence.finish("error", _failure_message(exc))
+
+    @staticmethod
+    def _event(token: int, logits: torch.Tensor, top: int | None) -> TokenEvent:
+        if top is None:
+            return TokenEvent(token)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        alternatives: tuple[tuple[int, float], ...] = ()
+        if top:
+            best = torch.topk(logprobs, top)
+            alternatives = tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+        return TokenEvent(token, float(logprobs[token]), alternatives)
+
+    @staticmethod
+    def _output(sequence: SequenceState) -> SequenceOutput:
+        text, events, start, new_ids = sequence.take_output()
+        return SequenceOutput(
+            sequence.request.request_id,
+            text,
+            tuple(events),
+            start,
+            tuple(new_ids),
+            sequence.num_output,
+            sequence.finish_reason,
+            sequence.error,
+            sequence.rolled_back,
+        )
+
+    def _release_finished(self) -> None:
+        done = [s for s in self.scheduler.running if s.finished]
+        if done:
+            self.scheduler.running = [s for s in self.scheduler.running if not s.finished]
+            self._in_flight -= len(done)
