@@ -48,3 +48,22 @@ def test_prompt_from_stdin(gguf_path):
 )
 def test_errors_are_one_line_without_traceback(args, stdin, code, message):
     assert_one_line_error(_qwq(*args, stdin=stdin), message, code)
+
+
+def test_finish_reason_is_reported(gguf_path):
+    """The engine's finish reason reaches the terminal: a reply cut at --max-tokens says so on stderr (the answer
+    on stdout stays clean), --verbose names the reason, and an answer that ends by itself gets no note."""
+    cut = _qwq("run", str(gguf_path), "--temperature", "0", "--max-tokens", "3", "--verbose", "Count from 1 to 50.")
+    assert cut.returncode == 0, cut.stderr
+    assert "qwq: cut off at the token limit: finish reason length" in cut.stderr
+    assert "finish reason:        length" in cut.stderr
+    assert "cut off" not in cut.stdout
+    done = _qwq("run", str(gguf_path), *OPTIONS, "--verbose", QUESTION)
+    assert done.returncode == 0, done.stderr
+    assert "finish reason:        stop" in done.stderr and "cut off" not in done.stderr
+
+
+def test_bad_sampling_values_are_refused_before_loading():
+    """The request is checked before the model is even looked for: a bad value is named first."""
+    result = _qwq("run", "/nonexistent/model.gguf", "--temperature", "-1", "hi")
+    assert_one_line_error(result, "temperature must be a number in [0.0, inf], got -1.0", 1)
