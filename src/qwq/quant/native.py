@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import platform
+import time
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,8 @@ ROWS = 4  # rows interleaved in the packed layouts
 UNIT = 64  # bytes of one row before the next row's
 INT4_CHUNK = 128  # weights per 64 bytes of int4
 FLAGS_ENV = "QWQ_KERNEL_FLAGS"  # compiler flags instead of -march=native (tests build the AVX2 and portable paths)
+
+STALE_LOCK_S = 600  # a build takes well under a minute; a lock older than this was left by a killed one
 
 
 def _cpu_flags() -> str:
@@ -50,9 +53,20 @@ def build(flags: tuple[str, ...] = ("-march=native",), name: str = "qwq_kernels"
     key = hashlib.sha256("\n".join([*texts, torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[:16]
     directory = qwq_home() / "build" / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / "lock"  # torch's build lock: one left by a build that was killed would block forever
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+    # compile copies kept in the build folder: the build then does not depend on where the checkout lives, so
+    # a second checkout of the same sources reuses it instead of rebuilding
+    copies = []
+    for source, text in zip(SOURCES, texts, strict=True):
+        copy = directory / source.name
+        if not copy.is_file() or copy.read_text() != text:
+            copy.write_text(text)
+        copies.append(str(copy))
     return cpp_extension.load(
         name=f"{name}_{key}",
-        sources=[str(source) for source in SOURCES],
+        sources=copies,
         extra_cflags=["-O3", "-fopenmp", *flags],  # OpenMP: ATen's parallel_for is inline OpenMP code
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
