@@ -62,9 +62,10 @@ def write_gguf(
     tied: bool = False,
     seed: int = 0,
     model_name: str | None = None,
+    context: int = SHAPE["context"],
 ) -> Path:
     """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32);
-    `model_name` goes to the metadata's general.name."""
+    `model_name` goes to the metadata's general.name; `context` is its trained context."""
     rng = np.random.default_rng(seed)
     hidden, heads, kv_heads = SHAPE["hidden"], SHAPE["heads"], SHAPE["kv_heads"]
     head_dim = hidden // heads
@@ -73,7 +74,7 @@ def write_gguf(
     if model_name is not None:
         writer.add_name(model_name)
     writer.add_block_count(SHAPE["layers"])
-    writer.add_context_length(SHAPE["context"])
+    writer.add_context_length(context)
     writer.add_embedding_length(hidden)
     writer.add_feed_forward_length(SHAPE["intermediate"])
     writer.add_head_count(heads)

@@ -22,14 +22,24 @@ from qwq.backend import prepare
 from qwq.config import GenerationDefaults, ModelConfig
 from qwq.engine.engine import Engine
 from qwq.engine.output import Completion
-from qwq.engine.request import GenerationParams, Request, check_prompt
+from qwq.engine.reasoning_split import ReasoningFormat, detect_format
+from qwq.engine.request import (
+    GenerationParams,
+    LanguageParams,
+    LogitsProcessor,
+    ReasoningParams,
+    Request,
+    TokenHook,
+    check_prompt,
+)
 from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError, ModelLoadError
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS, Preset
 from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
-from qwq.reasoning.parser import ReasoningSplitter
+from qwq.reasoning.controls import build_controls
+from qwq.reasoning.guard_protocol import Guard
 from qwq.store import resolve
 from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
@@ -39,6 +49,16 @@ from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_t
 
 logger = logging.getLogger(__name__)
 
+_CONTROL_KEYWORDS = (
+    "loop",
+    "max_thinking_tokens",
+    "min_thinking_tokens",
+    "max_answer_tokens",
+    "language_guard",
+    "language",
+    "language_scope",
+    "guard",
+)
 CACHE_STEP = 256  # a Model's own KV cache grows in steps of this many positions
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,6 +77,8 @@ class Model:
         self.generation_defaults = generation_defaults
         self.source = source
         self.context_length = context_length or network.config.max_position_embeddings
+        # how the model writes its reasoning (judged from its tokenizer; `--reasoning-format` may force one)
+        self.reasoning = detect_format(tokenizer) if tokenizer is not None else ReasoningFormat.named("none")
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -120,7 +142,18 @@ class Model:
         return self.network(torch.tensor([ids], device=self.device))[0].float()
 
     def params(self, **fields: Any) -> GenerationParams:
-        """The Python API's translation into the one request type: HF's `max_new_tokens` is `max_tokens`."""
+        """The Python API's translation into the one request type: HF's `max_new_tokens` is `max_tokens`; the
+        reasoning controls are keywords too: `loop="recover"|"stop"|"off"`, `max_thinking_tokens`,
+        `min_thinking_tokens`, `max_answer_tokens`, `language_guard="warn"|"enforce"` (with `language="en"`,
+        `language_scope=`), `guard=True|False`."""
+        controls = {key: fields.pop(key) for key in _CONTROL_KEYWORDS if key in fields}
+        if controls:
+            language = LanguageParams(
+                mode=controls.pop("language_guard", None) or "off",
+                language=controls.pop("language", None),
+                scope=controls.pop("language_scope", None) or "both",
+            )
+            fields["reasoning"] = ReasoningParams().merged(language=language, **controls)
         if "max_new_tokens" not in fields:
             return GenerationParams.of(**fields)
         fields["max_tokens"] = fields.pop("max_new_tokens")
@@ -133,12 +166,45 @@ class Model:
                 str(exc).replace("max_tokens", "max_new_tokens"), field="max_new_tokens"
             ) from None
 
-    def request(self, prompt_ids: Sequence[int], params: GenerationParams, **hooks: Any) -> Request:
+    def request(
+        self,
+        prompt_ids: Sequence[int],
+        params: GenerationParams,
+        *,
+        messages: Sequence[Message] | None = None,
+        guard: Guard | None = None,
+        processors: tuple[LogitsProcessor, ...] = (),
+        hooks: tuple[TokenHook, ...] = (),
+    ) -> Request:
         """An engine request: the prompt checked, the params resolved against this checkpoint's defaults and
-        context (the one place defaults are merged). `hooks`: processors=..., hooks=... (see Request)."""
-        self._require_weights()
+        context (the one place defaults are merged), and the reasoning controls the params ask for attached
+        (their processor and hook after the caller's). `messages`: the chat the prompt was made from (the
+        language guard's expected script, the safety guard's context); `guard`: a safety guard to run on the
+        prompt (a block raises ContentFilterError) and on the streamed reply, unless the params switch it off."""
+        tokenizer = self._require_weights()
         ids = check_prompt(prompt_ids, self.config.vocab_size)
-        return Request(ids, params.resolved(self.generation_defaults, len(ids), self.context_length), **hooks)
+        resolved = params.resolved(self.generation_defaults, len(ids), self.context_length)
+        controls = build_controls(
+            resolved.reasoning, self.reasoning, tokenizer, self._conversation(ids, messages), guard
+        )
+        if controls is None:
+            return Request(ids, resolved, processors, hooks)
+        if controls.needs_processor:
+            processors = (*processors, controls.processor)
+        return Request(ids, resolved, processors, (*hooks, controls.hook), controls=controls)
+
+    def _conversation(self, ids: list[int], messages: Sequence[Message] | None) -> list[dict[str, str]]:
+        if messages is not None:
+            return [dict(m) for m in messages]
+        return [{"role": "user", "content": self.tokenizer.decode(ids, skip_special_tokens=True)}]
+
+    def chat_request(
+        self, messages: Sequence[Message], params: GenerationParams, *, guard: Guard | None = None
+    ) -> Request:
+        """The request for the assistant's reply to `messages`: the chat template applied and encoded."""
+        tokenizer = self._require_weights()
+        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return self.request(prompt_ids, params, messages=messages, guard=guard)
 
     def engine(self, positions: int | None = None) -> Engine:
         """This Model's own single-stream engine (its own KV cache, apart from any server's), with room for
@@ -151,9 +217,10 @@ class Model:
             self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1)
         return self._engine
 
-    def complete(self, request: Request, reasoning_style: tuple[str, bool] | None = None) -> Completion:
-        """Run `request` on this Model's engine, lazily, as a Completion. While an earlier Completion is still
-        open (another thread, or a stream not read to its end) the call gets an engine and cache of its own."""
+    def complete(self, request: Request) -> Completion:
+        """Run `request` on this Model's engine, lazily, as a Completion (its reasoning split as the model
+        writes it, unless the params ask for inline text). While an earlier Completion is still open (another
+        thread, or a stream not read to its end) the call gets an engine and cache of its own."""
         size = len(request.prompt_ids) + request.params.max_tokens
         if self._lock.acquire(blocking=False):
             try:
@@ -163,8 +230,11 @@ class Model:
                 raise
         else:
             outputs, release = Engine(self.network, self.tokenizer, size, max_batch=1).stream(request), None
-        splitter = ReasoningSplitter(*reasoning_style) if reasoning_style else None
-        return Completion(outputs, len(request.prompt_ids), splitter, on_close=release)
+        return Completion(outputs, request, self.splitter_args(request), on_close=release)
+
+    def splitter_args(self, request: Request) -> tuple[str, bool]:
+        """How a request's reply is split: as the model reasons, or not at all when it asks for inline text."""
+        return self.reasoning.splitter_args if request.params.reasoning.split else ("none", False)
 
     def generate(
         self,
@@ -196,16 +266,15 @@ class Model:
         max_new_tokens: int | None = None,
         stop: Sequence[str] | str | None = None,
         seed: int | None = None,
+        guard: Guard | None = None,
         **sampling: Any,
     ) -> str | Completion:
         """The assistant's reply to `messages` (a str is one user message): its text, or with stream=True a
         Completion: iterate it for text pieces; its `finish_reason` is set once it ends."""
-        tokenizer = self._require_weights()
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
         params = self.params(max_new_tokens=max_new_tokens, stop=stop, seed=seed, **sampling)
-        completion = self.complete(self.request(prompt_ids, params))
+        completion = self.complete(self.chat_request(messages, params, guard=guard))
         if stream:
             return completion
         text = "".join(completion)

@@ -11,6 +11,7 @@ class QwqError(Exception):
     `field` (when given) is the request field at fault, for an API's error object."""
 
     http_status: int = 500
+    code: str | None = None  # a machine-readable code for an API's error object
 
     def __init__(self, message: str = "", field: str | None = None) -> None:
         super().__init__(message)
@@ -67,3 +68,10 @@ class GenerationError(QwqError):
     """Generation failed inside the engine for one request (the others go on); it ends with reason 'error'."""
 
     http_status = 500
+
+
+class ContentFilterError(QwqError):
+    """The safety guard blocked a prompt: the request is refused (OpenAI's `content_filter` code)."""
+
+    http_status = 400
+    code = "content_filter"

@@ -82,6 +82,16 @@ BAD_LINES = [
 ]
 
 
+def test_reasoning_controls_are_set_in_the_session(chat):
+    """/set parameter takes the controls too, and /show parameters lists them."""
+    _say(chat, "/set parameter think_budget 64", "Set parameter 'think_budget' to '64'")
+    _say(chat, "/set parameter loop stop", "Set parameter 'loop' to 'stop'")
+    shown = _say(chat, "/show parameters", "language_guard")
+    assert "think_budget" in shown and "64" in shown and "stop" in shown
+    _say(chat, "/set parameter loop sometimes", "error: loop must be one of recover, stop, off")
+    _say(chat, "/set parameter think_budget none", "Set parameter 'think_budget' to 'none'")
+
+
 def test_bad_commands_are_one_line_errors_and_the_session_goes_on(chat):
     for line, message in BAD_LINES:
         seen = _say(chat, line, message)

@@ -67,3 +67,22 @@ def test_bad_sampling_values_are_refused_before_loading():
     """The request is checked before the model is even looked for: a bad value is named first."""
     result = _qwq("run", "/nonexistent/model.gguf", "--temperature", "-1", "hi")
     assert_one_line_error(result, "temperature must be a number in [0.0, inf], got -1.0", 1)
+
+
+def test_thinking_budget_transition_is_shown(gguf_path):
+    """With QwQ-Preview's format forced on the small model its whole reply is reasoning (on stderr) until the
+    budget cues the answer heading: the terminal says so, and the answer comes on stdout."""
+    result = _qwq(
+        "run", str(gguf_path), "--reasoning-format", "qwq-preview", "--temperature", "0",
+        "--think-budget", "32", "--answer-budget", "16", "What is 17 times 23? Explain each step.",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[thinking budget of 32 tokens reached — answering]" in result.stderr
+    assert result.stdout.strip(), "no answer followed the budget's cue"
+
+
+def test_bad_control_values_are_refused_before_loading():
+    result = _qwq("run", "/nonexistent/model.gguf", "--think-budget", "0", "hi")
+    assert_one_line_error(result, "--think-budget must be an integer at least 1, got 0", 1)
+    result = _qwq("run", "/nonexistent/model.gguf", "--think-budget", "8", "--min-think", "9", "hi")
+    assert_one_line_error(result, "--min-think (9) must not exceed --think-budget (8)", 1)

@@ -182,3 +182,30 @@ def test_bad_control_value_is_named_and_nothing_is_sent(page: Page):
     expect(page.locator("#settings")).to_be_visible()
     assert page.locator("article").count() == 0 and requests == []
     assert page.input_value("#prompt") == "hello"  # what the user typed is kept
+
+
+def test_reasoning_controls_are_sent_and_what_they_did_is_shown(page: Page):
+    """The thinking-budget, loop and language toggles go into the request (vLLM's and qwq's field names); the
+    budget's transition is listed under the reply, the answer follows it, and the stats line sums it up."""
+    requests = _chat_requests(page)
+    _set(page, max_tokens="120")
+    page.fill("#think-budget", "24")
+    page.select_option("#loop-action", "stop")
+    page.select_option("#language-mode", "warn")
+    page.fill("#language", "en")
+    _send(page, "Explain why the sum of two even numbers is even.")
+    reply = _last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+    expect(reply.locator(".notices li")).to_have_text(["thinking budget of 24 tokens reached — answering"])
+    expect(reply.locator(".stats")).to_contain_text("thought")
+    expect(reply.locator(".stats")).to_contain_text("other scripts")
+    assert reply.locator(".answer").text_content().strip(), "no answer followed the budget's cue"
+    [sent] = requests
+    assert sent["thinking_token_budget"] == 24
+    assert sent["repetition_detection"] == {"action": "stop"}
+    assert sent["language_guard"] == {"mode": "warn", "language": "en"}
+
+    page.fill("#think-budget", "0")
+    _send(page, "hello")
+    expect(page.locator("#status")).to_have_text("Thinking budget must be a whole number of at least 1.")
+    assert len(requests) == 1

@@ -91,7 +91,7 @@ class Run:
         assert self.finish_reason is None, f"an output after the final one: {output}"
         self.outputs += 1
         self.token_ids[output.start :] = output.new_ids
-        self.text += output.text
+        self.text = self.text[: output.text_start] + output.text
         self.num_output, self.rolled_back = output.num_output, output.rolled_back
         self.finish_reason, self.error = output.finish_reason, output.error
 
@@ -741,7 +741,7 @@ def test_engine_thread_close_ends_requests_in_flight(tiny):
 def test_engine_thread_close_keeps_the_counts_of_what_was_streamed(tiny):
     """The final output close() hands a running request must not erase the output it already streamed."""
     thread, handles = _start_slow_requests(tiny)
-    completions = [Completion(h.outputs(), len(h.request.prompt_ids)) for h in handles[:2]]
+    completions = [Completion(h.outputs(), h.request) for h in handles[:2]]
     streamed: list[list[int]] = [[], []]
 
     def read(index: int) -> None:
@@ -927,6 +927,6 @@ def test_completion_passes_unsplit_text_through_unchanged():
         SequenceOutput(1, text="\n    ", start=0, new_ids=(198, 262), num_output=2),
         SequenceOutput(1, text="return n", start=2, new_ids=(470, 308), num_output=4, finish_reason="length"),
     ]
-    completion = Completion(iter(outputs), prompt_tokens=5)
+    completion = Completion(iter(outputs), Request([1, 2, 3, 4, 5], GenerationParams()))
     assert "".join(completion) == "\n    return n"
     assert completion.token_ids == [198, 262, 470, 308] and completion.finish_reason == "length"

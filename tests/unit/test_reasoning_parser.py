@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwq.reasoning.parser import ReasoningSplitter, detect_style, split_reasoning
+from qwq.engine.reasoning_split import ReasoningFormat, ReasoningSplitter, detect_format, split_reasoning
 
 CASES = [
     # (style, starts_in_reasoning, reply, reasoning, answer)
@@ -55,5 +55,6 @@ def test_unknown_style_is_refused():
         ReasoningSplitter("xml")
 
 
-def test_detect_style_of_a_plain_chat_model(model):
-    assert detect_style(model.tokenizer) == ("think", False)  # Qwen2.5-Coder: no </think> token, plain replies
+def test_detect_format_of_a_plain_chat_model(model):
+    # Qwen2.5-Coder: no </think> token, plain replies: nothing to budget or cue
+    assert detect_format(model.tokenizer) == ReasoningFormat("think", False, False)

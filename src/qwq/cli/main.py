@@ -20,13 +20,22 @@ from qwq.api import Model, load
 from qwq.benchmark import run_benchmark
 from qwq.cli.info import format_rows, info_rows, parameter_rows
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
-from qwq.engine.request import GenerationParams
+from qwq.engine.reasoning_split import STYLES, ReasoningFormat
+from qwq.engine.request import (
+    LANGUAGE_MODES,
+    LANGUAGE_SCOPES,
+    LOOP_ACTIONS,
+    GenerationParams,
+    LanguageParams,
+    ReasoningParams,
+)
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
-from qwq.reasoning.parser import STYLES, detect_style
+from qwq.reasoning.guard_protocol import Guard
 from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove
 
 DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
+_GUARD_HELP = "a safety guard for prompts and replies: a policy .toml file, or a guard model (name or path)"
 _MODEL_HELP = f"a name such as {DEFAULT_MODEL} or qwq, hf.co/OWNER/REPO, a .gguf file or an HF checkpoint directory"
 
 
@@ -53,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how the reasoning is told apart from the answer (default: from the model's vocabulary and template)",
     )
     run.add_argument("--verbose", action="store_true", help="print timings and token rates after each answer")
+    _add_control_options(run)
     _add_load_options(run)
     pull_command = commands.add_parser("pull", help="download and verify models")
     pull_command.add_argument("names", nargs="+", metavar="MODEL", help="names such as qwq or hf.co/OWNER/REPO")
@@ -72,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV-cache slots)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
+    serve.add_argument("--guard", help=_GUARD_HELP)
     _add_load_options(serve)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
     bench.add_argument("model", help=_MODEL_HELP)
@@ -81,6 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     _add_load_options(bench)
     return parser
+
+
+def _add_control_options(command: argparse.ArgumentParser) -> None:
+    """The reasoning controls (per request; the REPL changes them with /set)."""
+    group = command.add_argument_group("reasoning controls")
+    group.add_argument("--think-budget", type=int, metavar="N", help="reasoning tokens at most, then the answer")
+    group.add_argument("--min-think", type=int, metavar="N", help="reasoning closed before N tokens continues (Wait)")
+    group.add_argument("--answer-budget", type=int, metavar="N", help="answer tokens at most once a control cued it")
+    group.add_argument(
+        "--loop",
+        choices=LOOP_ACTIONS,
+        help="a detected loop: recover (cut it and answer; the default for reasoning models), stop, or off",
+    )
+    group.add_argument("--language-guard", choices=LANGUAGE_MODES, help="keep the reply to one language's script")
+    group.add_argument("--language", metavar="CODE", help="the language guard's language (default: the prompt's)")
+    group.add_argument("--language-scope", choices=LANGUAGE_SCOPES, help="reasoning, answer or both (default)")
+    group.add_argument("--guard", help=_GUARD_HELP)
 
 
 def _add_load_options(command: argparse.ArgumentParser) -> None:
@@ -129,8 +157,26 @@ def _load(args: argparse.Namespace) -> Model:
         )
 
 
+_FLAG_NAMES = {
+    "max_thinking_tokens": "--think-budget",
+    "min_thinking_tokens": "--min-think",
+    "max_answer_tokens": "--answer-budget",
+}
+
+
 def _params(args: argparse.Namespace) -> GenerationParams:
-    """The command line's translation into the one request type (checked before the model loads)."""
+    """The command line's translation into the one request type (checked before the model loads; a bad
+    control value is named by its flag)."""
+    try:
+        return _params_of(args)
+    except InvalidRequestError as exc:
+        message = str(exc)
+        for field, flag in _FLAG_NAMES.items():
+            message = message.replace(field, flag)
+        raise InvalidRequestError(message, field=exc.field) from None
+
+
+def _params_of(args: argparse.Namespace) -> GenerationParams:
     return GenerationParams.of(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -139,13 +185,30 @@ def _params(args: argparse.Namespace) -> GenerationParams:
         repetition_penalty=args.repeat_penalty,
         seed=args.seed,
         max_tokens=args.max_tokens,
+        reasoning=ReasoningParams().merged(
+            loop=args.loop,
+            max_thinking_tokens=args.think_budget,
+            min_thinking_tokens=args.min_think,
+            max_answer_tokens=args.answer_budget,
+            language=LanguageParams(
+                mode=args.language_guard or "off", language=args.language, scope=args.language_scope or "both"
+            ),
+        ),
     )
 
 
-def _reasoning_style(args: argparse.Namespace, model: Model) -> tuple[str, bool]:
-    if args.reasoning_format == "auto":
-        return detect_style(model.tokenizer)
-    return args.reasoning_format, args.reasoning_format == "qwq-preview"
+def _set_reasoning_format(args: argparse.Namespace, model: Model) -> None:
+    if args.reasoning_format != "auto":
+        model.reasoning = ReasoningFormat.named(args.reasoning_format)
+
+
+def _guard(args: argparse.Namespace) -> Guard | None:
+    """The safety guard named by --guard (a policy file or a guard model), loaded before the model."""
+    if not args.guard:
+        return None
+    from qwq.guard import load_guard
+
+    return load_guard(args.guard)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -158,19 +221,21 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     params = _params(args)
     started = time.perf_counter()
+    guard = _guard(args)
     model = _load(args)
     load_seconds = time.perf_counter() - started
-    settings = ChatSettings(params=params, system=args.system, verbose=args.verbose, hide_reasoning=args.hide_reasoning)
-    style = _reasoning_style(args, model)
+    settings = ChatSettings(
+        params=params, system=args.system, verbose=args.verbose, hide_reasoning=args.hide_reasoning, guard=guard
+    )
+    _set_reasoning_format(args, model)
     if interactive:
-        return run_chat(ChatSession(model, settings, style, load_seconds))
+        return run_chat(ChatSession(model, settings, load_seconds))
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}
     ]
     asked = time.perf_counter()
-    prompt_ids = model.tokenizer.encode(model.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-    completion = model.complete(model.request(prompt_ids, params), style)
-    printer = ReplyPrinter(sys.stdout, None if args.hide_reasoning else sys.stderr, False)
+    completion = model.complete(model.chat_request(messages, params, guard=guard))
+    printer = ReplyPrinter(sys.stdout, None if args.hide_reasoning else sys.stderr, False, sys.stderr)
     reply = printer.stream(completion)
     if (note := finish_note(reply)) is not None:
         print(note if note.startswith("error") else f"qwq: {note.strip('()')}", file=sys.stderr)
@@ -225,13 +290,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_batch < 1 or args.max_queue < 0:
         raise InvalidRequestError("--max-batch must be at least 1 and --max-queue at least 0")
     started = time.perf_counter()
+    guard = _guard(args)
     model = _load(args)
+    _set_reasoning_format(args, model)
     logging.getLogger("qwq").setLevel(logging.INFO)
     return serve(
         model,
         args.model,
-        _reasoning_style(args, model),
         time.perf_counter() - started,
+        guard=guard,
         host=args.host,
         port=args.port,
         api_key=args.api_key,

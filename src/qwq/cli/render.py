@@ -33,9 +33,12 @@ class Reply:
 class ReplyPrinter:
     """Streams a reply to `answer_out`, its reasoning to `reasoning_out` (None hides it)."""
 
-    def __init__(self, answer_out: TextIO, reasoning_out: TextIO | None, labels: bool) -> None:
+    def __init__(
+        self, answer_out: TextIO, reasoning_out: TextIO | None, labels: bool, notice_out: TextIO | None = None
+    ) -> None:
         self._answer_out = answer_out
         self._reasoning_out = reasoning_out
+        self._notice_out = notice_out or sys.stderr  # what the reasoning controls did, as it happens
         self._labels = labels  # "Thinking..." / "...done thinking." around the reasoning, as ollama prints
         self._dim = reasoning_out is not None and reasoning_out.isatty()
         self._reasoning: list[str] = []
@@ -76,8 +79,21 @@ class ReplyPrinter:
         self._answer_out.flush()
 
     def _push(self, piece: Piece) -> None:
+        for notice in piece.notices:
+            self._write_notice(notice.message)
         self._write_reasoning(piece.reasoning)
         self._write_answer(piece.answer)
+
+    def _write_notice(self, message: str) -> None:
+        """A control's notice on a line of its own (text already printed cannot be taken back: it says what
+        was cut, and the reply kept in the conversation is the one without it)."""
+        out = self._notice_out
+        printed = "".join(self._answer) or "".join(self._reasoning)
+        shared = out in (self._answer_out, self._reasoning_out)
+        lead = "\n" if shared and printed and not printed.endswith("\n") else ""
+        dim = self._dim and out is self._reasoning_out
+        out.write(f"{lead}{_RESET if dim else ''}[{message}]{_DIM if dim and self._thinking_open else ''}\n")
+        out.flush()
 
     def stream(self, completion: Completion) -> Reply:
         """Print every piece as it arrives; a KeyboardInterrupt stops it cleanly (and cancels the generation)
@@ -91,8 +107,9 @@ class ReplyPrinter:
             if self._answer and not self._answer[-1].endswith("\n"):
                 self._answer_out.write("\n")
             self._answer_out.flush()
-        reasoning, answer = "".join(self._reasoning), "".join(self._answer)
-        return Reply(reasoning, answer, completion.finish_reason, completion.error, completion.stats)
+        return Reply(
+            completion.reasoning, completion.answer, completion.finish_reason, completion.error, completion.stats
+        )
 
 
 def finish_note(reply: Reply) -> str | None:
@@ -101,6 +118,12 @@ def finish_note(reply: Reply) -> str | None:
         return f"error: {reply.error}"
     if reply.finish_reason == "length":
         return "(cut off at the token limit: finish reason length)"
+    if reply.finish_reason == "loop":
+        return "(stopped: the reply kept repeating itself, finish reason loop)"
+    if reply.finish_reason == "budget":
+        return "(stopped: no answer within the answer budget, finish reason budget)"
+    if reply.finish_reason == "content_filter":
+        return "(stopped: the safety guard blocked the reply, finish reason content_filter)"
     if reply.reasoning and not reply.answer:
         return f"(no final answer: the reply ended while reasoning, finish reason {reply.finish_reason})"
     return None

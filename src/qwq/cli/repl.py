@@ -19,9 +19,12 @@ from qwq.cli.render import ReplyPrinter, finish_note, print_stats
 from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.paths import qwq_home
+from qwq.reasoning.guard_protocol import Guard
 
 HELP = """Available commands:
-  /set parameter NAME VALUE   set a sampling parameter (/set parameter shows the names)
+  /set parameter NAME VALUE   set a sampling parameter or a reasoning control (/set parameter shows the names):
+                              think_budget N, min_think N, answer_budget N, loop recover|stop|off,
+                              language_guard off|warn|enforce, language CODE
   /set system "TEXT"          set the system message
   /set verbose | quiet        show or hide statistics after each answer
   /show info | parameters | system | template
@@ -44,6 +47,16 @@ PARAMETERS: dict[str, tuple[str, type]] = {
     "num_ctx": ("context_length", int),
     "stop": ("stop", str),
 }
+# the reasoning controls' names in /set parameter -> (the ReasoningParams field, type); "none" clears a budget
+CONTROLS: dict[str, tuple[str, type]] = {
+    "think_budget": ("max_thinking_tokens", int),
+    "min_think": ("min_thinking_tokens", int),
+    "answer_budget": ("max_answer_tokens", int),
+    "loop": ("loop", str),
+    "language_guard": ("mode", str),
+    "language": ("language", str),
+    "language_scope": ("scope", str),
+}
 
 
 @dataclass
@@ -54,13 +67,13 @@ class ChatSettings:
     system: str | None = None
     verbose: bool = False
     hide_reasoning: bool = False
+    guard: Guard | None = None
 
 
 @dataclass
 class ChatSession:
     model: Model
     settings: ChatSettings
-    reasoning_style: tuple[str, bool]
     load_seconds: float
     messages: list[dict[str, str]] = field(default_factory=list)
 
@@ -71,8 +84,11 @@ class ChatSession:
     def set_parameter(self, name: str, raw: str) -> str:
         """Apply `/set parameter NAME VALUE` (the REPL's translation into the request type); raise
         InvalidRequestError naming the problem, now rather than at the next answer."""
+        if name in CONTROLS:
+            return self._set_control(name, raw)
         if name not in PARAMETERS:
-            raise InvalidRequestError(f"unknown parameter {name!r}; known: {', '.join(PARAMETERS)}")
+            known = ", ".join([*PARAMETERS, *CONTROLS])
+            raise InvalidRequestError(f"unknown parameter {name!r}; known: {known}")
         key, kind = PARAMETERS[name]
         try:
             value = kind(raw)
@@ -97,16 +113,36 @@ class ChatSession:
                 raise InvalidRequestError(str(exc).replace(key, name, 1)) from None
         return f"Set parameter '{name}' to '{raw}'"
 
+    def _set_control(self, name: str, raw: str) -> str:
+        key, kind = CONTROLS[name]
+        value: object = None
+        if raw.lower() != "none":
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise InvalidRequestError(f"{name} must be {kind.__name__} or none, got {raw!r}") from None
+        reasoning = self.settings.params.reasoning
+        try:
+            if key in ("mode", "scope"):
+                value = value or {"mode": "off", "scope": "both"}[key]
+            if key in ("mode", "language", "scope"):
+                reasoning = replace(reasoning, language=replace(reasoning.language, **{key: value}))
+            else:
+                reasoning = replace(reasoning, **{key: value})
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(str(exc).replace(exc.field or key, name)) from None
+        self.settings.params = replace(self.settings.params, reasoning=reasoning)
+        return f"Set parameter '{name}' to '{raw}'"
+
     def answer(self, text: str) -> None:
         """Send one user message and stream the reply; Ctrl+C stops it and leaves the history as it was."""
         self.messages.append({"role": "user", "content": text})
         settings = self.settings
         started = time.perf_counter()
         try:
-            tokenizer = self.model.tokenizer
-            prompt = tokenizer.encode(tokenizer.apply_chat_template(self.conversation(), add_generation_prompt=True))
-            completion = self.model.complete(self.model.request(prompt, settings.params), self.reasoning_style)
-            printer = ReplyPrinter(sys.stdout, None if settings.hide_reasoning else sys.stdout, labels=True)
+            request = self.model.chat_request(self.conversation(), settings.params, guard=settings.guard)
+            completion = self.model.complete(request)
+            printer = ReplyPrinter(sys.stdout, None if settings.hide_reasoning else sys.stdout, True, sys.stdout)
             reply = printer.stream(completion)
         except KeyboardInterrupt:
             self.messages.pop()
@@ -173,8 +209,14 @@ class ChatSession:
                 if getattr(params, k) is not None
             }
             defaults = replace(model.generation_defaults, **chosen)
+            reasoning = params.reasoning
             session_rows = [
                 ("seed", str(params.seed)),
+                ("think_budget", str(reasoning.max_thinking_tokens)),
+                ("min_think", str(reasoning.min_thinking_tokens)),
+                ("answer_budget", str(reasoning.max_answer_tokens)),
+                ("loop", reasoning.loop or ("recover" if model.reasoning.reasons else "off")),
+                ("language_guard", reasoning.language.mode),
                 ("num_predict", str(params.max_tokens or -1)),
                 ("num_ctx", str(params.context_length or model.context_length)),
                 *(("stop", repr(stop)) for stop in params.stop),

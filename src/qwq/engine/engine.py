@@ -22,7 +22,7 @@ from qwq.engine.processors import default_chain
 from qwq.engine.request import Request, check_prompt
 from qwq.engine.sampling import make_generator, sample
 from qwq.engine.scheduler import Scheduler
-from qwq.engine.sequence import SequenceState, TokenEvent
+from qwq.engine.sequence import Notice, SequenceState, TokenEvent
 from qwq.engine.stop import check_stop
 from qwq.errors import ContextLengthError, InvalidRequestError, QwqError, ServerBusyError
 from qwq.model.qwen2 import Qwen2ForCausalLM
@@ -47,6 +47,8 @@ class SequenceOutput:
     finish_reason: str | None = None
     error: str | None = None
     rolled_back: int = 0
+    text_start: int = 0  # `text` replaces the reply's text from this character on (a rollback takes text back)
+    notices: tuple[Notice, ...] = ()
 
 
 @dataclass
@@ -152,7 +154,7 @@ class Engine:
             self._prefill(sequence, count)
         for sequence in [*plan.decode, *(s for s, _ in plan.prefill)]:
             output = self._output(sequence)
-            if output.new_ids or output.text or output.finish_reason:
+            if output.new_ids or output.text or output.finish_reason or output.notices:
                 outputs.append(output)
         self._release_finished()
         return outputs
@@ -281,7 +283,7 @@ class Engine:
 
     @staticmethod
     def _output(sequence: SequenceState) -> SequenceOutput:
-        text, events, start, new_ids = sequence.take_output()
+        text, text_start, events, start, new_ids, notices = sequence.take_output()
         return SequenceOutput(
             sequence.request.request_id,
             text,
@@ -292,6 +294,8 @@ class Engine:
             sequence.finish_reason,
             sequence.error,
             sequence.rolled_back,
+            text_start,
+            tuple(notices),
         )
 
     def _release_finished(self) -> None:

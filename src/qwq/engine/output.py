@@ -7,13 +7,16 @@ split and the timings. The CLI, the Python API and both HTTP dialects read the s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from qwq.engine.engine import SequenceOutput
-from qwq.engine.sequence import TokenEvent
-from qwq.reasoning.parser import ReasoningSplitter
+from qwq.engine.reasoning_split import Delta, ReasoningSplitter
+from qwq.engine.request import Request
+from qwq.engine.sequence import Notice, TokenEvent
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class GenerationStats:
 
 @dataclass
 class Piece:
-    """New text of one reply; the last piece carries the finish reason (and an error's message) and counts."""
+    """New text of one reply; the last piece carries the finish reason (and an error's message), counts and
+    the controls' report. `retracted_*`: characters of the reasoning and answer streamed before that a control
+    took back (a loop's repeats) — remove them before adding this piece's text. `notices`: what the controls
+    did at this point."""
 
     reasoning: str = ""
     answer: str = ""
@@ -47,6 +53,10 @@ class Piece:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stats: GenerationStats | None = None
+    retracted_reasoning: int = 0
+    retracted_answer: int = 0
+    notices: list[Notice] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -55,27 +65,39 @@ class Piece:
 
 class Completion:
     """A reply as it is generated. Iterate it for text pieces (reasoning and answer together), or call
-    `pieces()` for them split; `finish_reason`, `error`, `token_count` and `stats` are set as it runs.
-    Closing it early (or leaving the loop) cancels the generation."""
+    `pieces()` for them split; `finish_reason`, `error`, `token_count`, `stats`, `reasoning` and `answer` (the
+    reply as it stands, after any cut), `notices` and `report` are set as it runs. Closing it early (or leaving
+    the loop) cancels the generation."""
 
     def __init__(
         self,
         outputs: Iterator[SequenceOutput],
-        prompt_tokens: int,
-        splitter: ReasoningSplitter | None = None,
+        request: Request,
+        reasoning_style: tuple[str, bool] = ("none", False),
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self._outputs = outputs
-        self._splitter = splitter or ReasoningSplitter("none")
+        self._style = reasoning_style
+        self._splitter = ReasoningSplitter(*reasoning_style)
         self._on_close = on_close
-        self.prompt_tokens = prompt_tokens
+        self._controls = request.controls
+        self.prompt_tokens = len(request.prompt_ids)
         self.token_count = 0
         self.token_ids: list[int] = []  # the output so far, the end token included
         self.rolled_back = 0
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.reasoning = ""
+        self.answer = ""
+        self.notices: list[Notice] = []
+        self.report: dict[str, Any] = {}
+        self._text = ""  # the engine's text so far, before the split
         self._started = time.perf_counter()
         self._first_token = self._last_token = self._started
+
+    @property
+    def text(self) -> str:
+        return self.reasoning + self.answer
 
     @property
     def stats(self) -> GenerationStats:
@@ -102,22 +124,45 @@ class Completion:
                     self._last_token = now
                 self.token_count, self.rolled_back = output.num_output, output.rolled_back
                 self.token_ids[output.start :] = output.new_ids
-                delta = self._splitter.push(output.text)
-                piece = Piece(delta.reasoning, delta.answer, list(output.events))
+                piece = Piece(events=list(output.events), notices=list(output.notices))
+                self.notices += output.notices
+                if output.text_start < len(self._text):
+                    self._retract(output.text_start, piece)
+                self._add(self._splitter.push(output.text), output.text, piece)
                 if output.finish_reason is not None:
-                    tail = self._splitter.flush()
-                    piece.reasoning += tail.reasoning
-                    piece.answer += tail.answer
+                    self._add(self._splitter.flush(), "", piece)
                     self.finish_reason, self.error = output.finish_reason, output.error
                     piece.finish_reason, piece.error = output.finish_reason, output.error
                     piece.prompt_tokens, piece.completion_tokens = self.prompt_tokens, self.token_count
                     piece.stats = self.stats
+                    if self._controls is not None:
+                        self.report = self._controls.report(self.notices, self.reasoning, self.answer, self.token_count)
+                    piece.report = self.report
                     yield piece
                     return
-                if piece.text or piece.events:
+                if piece.text or piece.events or piece.notices or piece.retracted_reasoning or piece.retracted_answer:
                     yield piece
         finally:
             self.close()
+
+    def _add(self, delta: Delta, text: str, piece: Piece) -> None:
+        self._text += text
+        self.reasoning += delta.reasoning
+        self.answer += delta.answer
+        piece.reasoning += delta.reasoning
+        piece.answer += delta.answer
+
+    def _retract(self, keep: int, piece: Piece) -> None:
+        """Text taken back by a rollback: the split made again from the text kept."""
+        self._text = self._text[:keep]
+        self._splitter = ReasoningSplitter(*self._style)
+        kept = self._splitter.push(self._text)
+        same_reasoning = len(os.path.commonprefix([self.reasoning, kept.reasoning]))
+        same_answer = len(os.path.commonprefix([self.answer, kept.answer]))
+        piece.retracted_reasoning = len(self.reasoning) - same_reasoning
+        piece.retracted_answer = len(self.answer) - same_answer
+        piece.reasoning, piece.answer = kept.reasoning[same_reasoning:], kept.answer[same_answer:]
+        self.reasoning, self.answer = kept.reasoning, kept.answer
 
     def close(self) -> None:
         close = getattr(self._outputs, "close", None)

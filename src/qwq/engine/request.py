@@ -37,12 +37,72 @@ TokenHook = Callable[[Any, int], None]
 """Called after each sampled token joins a sequence; may `force`, `rollback` or `finish` it."""
 
 
+LOOP_ACTIONS = ("recover", "stop", "off")
+LANGUAGE_MODES = ("off", "warn", "enforce")
+LANGUAGE_SCOPES = ("reasoning", "answer", "both")
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InvalidRequestError(f"{name} must be one of {', '.join(choices)}; got {value!r}", field=name)
+
+
+@dataclass(frozen=True)
+class LanguageParams:
+    """The language guard: off, warn (report the share of letters in other scripts) or enforce (mask tokens
+    of other scripts), over the reasoning, the answer or both. language: an ISO code ("en", "zh"); None takes
+    the script of the user's last message."""
+
+    mode: str = "off"
+    language: str | None = None
+    scope: str = "both"
+
+    def __post_init__(self) -> None:
+        _choice("language_guard.mode", self.mode, LANGUAGE_MODES)
+        _choice("language_guard.scope", self.scope, LANGUAGE_SCOPES)
+        if self.language is not None and (not isinstance(self.language, str) or not self.language.strip()):
+            raise InvalidRequestError(
+                f"language_guard.language must be a language code such as 'en', got {self.language!r}",
+                field="language_guard.language",
+            )
+
+
 @dataclass(frozen=True)
 class ReasoningParams:
-    """How the reply's reasoning is reported. split: apart from the answer (OpenAI's `reasoning_content`,
-    Ollama's `think`), or inline in the text."""
+    """The reasoning controls of one request (reasoning/controls.py runs them).
+
+    split: the reasoning reported apart from the answer (OpenAI's `reasoning_content`, Ollama's `think`) or
+    inline. loop: what a detected loop does — "recover" (cut the repeats, cue the answer), "stop" (cut them
+    and end with finish reason `loop`) or "off"; None is "recover" for a model that reasons, else "off".
+    max_thinking_tokens: the reasoning's budget (the answer is cued when it is reached); min_thinking_tokens:
+    an early close of the reasoning is replaced by "Wait"; max_answer_tokens: the answer's own budget once a
+    control has cued it (None: DEFAULT_ANSWER_TOKENS). guard: run the server's safety guard (None: the
+    server's choice)."""
 
     split: bool = True
+    loop: str | None = None
+    max_thinking_tokens: int | None = None
+    min_thinking_tokens: int | None = None
+    max_answer_tokens: int | None = None
+    language: LanguageParams = field(default_factory=LanguageParams)
+    guard: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.loop is not None:
+            _choice("repetition_detection.action", self.loop, LOOP_ACTIONS)
+        for name in ("max_thinking_tokens", "min_thinking_tokens", "max_answer_tokens"):
+            if (value := getattr(self, name)) is not None:
+                _integer(name, value, 1 if name != "min_thinking_tokens" else 0)
+        low, high = self.min_thinking_tokens, self.max_thinking_tokens
+        if low is not None and high is not None and low > high:
+            raise InvalidRequestError(
+                f"min_thinking_tokens ({low}) must not exceed max_thinking_tokens ({high})",
+                field="min_thinking_tokens",
+            )
+
+    def merged(self, **changes: Any) -> ReasoningParams:
+        """These controls with `changes` applied (None values ignored), checked again."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _number(name: str, value: Any, low: float, high: float) -> None:
@@ -193,6 +253,7 @@ class Request:
     processors: tuple[LogitsProcessor, ...] = ()
     hooks: tuple[TokenHook, ...] = ()
     request_id: int = field(default_factory=lambda: next(_request_ids))
+    controls: Any = None  # the reasoning controls acting through `processors` and `hooks`: they report at the end
 
 
 def check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:

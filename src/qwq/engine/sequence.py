@@ -8,7 +8,9 @@ of them choose the next token. So prefill, decode, forced tokens and a rollback 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,6 +19,17 @@ from qwq.engine.request import FINISH_REASONS, GenerationParams, Request
 from qwq.engine.stop_strings import StopStringMatcher
 from qwq.errors import InvalidRequestError
 from qwq.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a reasoning control did to a sequence, at output token `at`: kind ("loop", "budget",
+    "thinking_extended", "language", "content_filter"), a message for people, and details for APIs."""
+
+    kind: str
+    message: str
+    at: int
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -51,10 +64,13 @@ class SequenceState:
         self._tokenizer = tokenizer
         self._detokenizer = IncrementalDetokenizer(tokenizer) if tokenizer is not None else None
         self._stops = StopStringMatcher(self.params.stop)
-        self._text: list[str] = []  # text ready to hand out
+        self._pieces: list[str] = []  # the text each output token released (stop strings applied)
+        self._ends: list[int] = []  # characters of text after each output token
+        self._text: list[str] = []  # text ready to hand out, from character `_handed_chars` on
         self._events: list[TokenEvent] = []  # visible tokens not yet handed out
         self._handed = 0  # output ids handed out (a rollback can take this back)
-        self._handed_chars = 0  # characters of text handed out
+        self._handed_chars = 0  # characters of text handed out (a rollback can take these back too)
+        self.notices: list[Notice] = []  # what the reasoning controls did, not yet handed out
 
     # -- what the engine reads
     @property
@@ -74,27 +90,54 @@ class SequenceState:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def take_output(self) -> tuple[str, list[TokenEvent], int, list[int]]:
-        """What was produced since the last call: text, visible token events, and the output ids from index
-        `start` on (before `start` nothing changed; a rollback can make `start` smaller than the last end)."""
-        text, events = "".join(self._text), self._events
-        self._text, self._events = [], []
+    @property
+    def text_length(self) -> int:
+        """Characters of text the output tokens have released so far."""
+        return self._ends[-1] if self._ends else 0
+
+    def text_from(self, offset: int) -> str:
+        """The output's text from character `offset` on (what a token hook reads of the newest text)."""
+        index = bisect.bisect_right(self._ends, offset)
+        start = self._ends[index - 1] if index else 0
+        return "".join(self._pieces[index:])[offset - start :]
+
+    def text_length_at(self, tokens: int) -> int:
+        """Characters of text the first `tokens` output tokens released."""
+        return self._ends[tokens - 1] if tokens else 0
+
+    def token_at(self, offset: int) -> int:
+        """The index (in the output) of the token whose text holds character `offset`."""
+        return bisect.bisect_right(self._ends, offset)
+
+    def take_output(self) -> tuple[str, int, list[TokenEvent], int, list[int], list[Notice]]:
+        """What was produced since the last call: text and the character it starts at (before it, the text is
+        as handed out; a rollback can make it smaller than the last end), visible token events, the output
+        ids from index `start` on (likewise), and the controls' notices."""
+        text, text_start, events, notices = "".join(self._text), self._handed_chars, self._events, self.notices
+        self._text, self._events, self.notices = [], [], []
         self._handed_chars += len(text)
         start, self._handed = self._handed, self.num_output
-        return text, events, start, self.token_ids[self.prompt_length + start :]
+        return text, text_start, events, start, self.token_ids[self.prompt_length + start :], notices
 
     # -- what the engine and the token hooks change
     def append(self, event: TokenEvent) -> None:
         """A new output token (sampled or forced): counted, detokenized, stop strings applied."""
         token = event.token
         self.token_ids.append(token)
+        self._pieces.append("")
+        self._ends.append(self.text_length)
         if self._counts is not None:
             self._counts[token] += 1
         if token in self._end_ids:
             return  # the end token is not text, nor part of the reported log-probs
         self._events.append(event)
         if self._detokenizer is not None and not self._stops.stopped:
-            self._text.append(self._stops.push(self._detokenizer.push(token)))
+            self._release(self._stops.push(self._detokenizer.push(token)))
+
+    def _release(self, piece: str) -> None:
+        self._pieces[-1] += piece
+        self._ends[-1] += len(piece)
+        self._text.append(piece)
 
     def force(self, tokens: list[int]) -> None:
         """Feed the model `tokens` as if it had written them (their KV entries are written at the next step)."""
@@ -114,6 +157,7 @@ class SequenceState:
             return
         dropped = self.token_ids[-count:]
         del self.token_ids[-count:]
+        del self._pieces[-count:], self._ends[-count:]
         self._handed = min(self._handed, self.num_output)
         self.rolled_back += count
         # the last kept token is fed again, so its logits choose the next one
@@ -126,16 +170,21 @@ class SequenceState:
         del self._events[max(0, len(self._events) - visible) :]  # the dropped ones not handed out yet
 
     def _replay_text(self) -> None:
-        """After a rollback: the detokenizer and stop strings rebuilt from the kept tokens, and the text not yet
-        handed out made again from them (what was already handed out cannot be taken back)."""
+        """After a rollback: the detokenizer and stop strings brought back to the kept tokens' state (replayed:
+        the same ids give the same text), and the text to hand out cut to the kept text. Text already handed
+        out past the new end is taken back: the next output starts before it."""
         if self._tokenizer is None:
             return
         self._detokenizer = IncrementalDetokenizer(self._tokenizer)
         self._stops = StopStringMatcher(self.params.stop)
-        produced = "".join(
-            self._stops.push(self._detokenizer.push(t)) for t in self.output_ids if t not in self._end_ids
-        )
-        self._text = [produced[self._handed_chars :]]
+        for token in self.output_ids:
+            if token not in self._end_ids:
+                self._stops.push(self._detokenizer.push(token))
+        end = self.text_length
+        if self._handed_chars >= end:
+            self._handed_chars, self._text = end, []
+        else:
+            self._text = ["".join(self._text)[: end - self._handed_chars]]
 
     def finish(self, reason: str, error: str | None = None) -> None:
         """End the sequence (first reason wins); its held-back text is released unless a stop string ended it."""
@@ -148,6 +197,10 @@ class SequenceState:
             if not self._stops.stopped:
                 self._text.append(self._stops.push(self._detokenizer.flush()))
             self._text.append(self._stops.flush())
+
+    def notify(self, kind: str, message: str, **data: Any) -> None:
+        """Record what a control did (a loop cut, a budget reached): reported in the stream and the metadata."""
+        self.notices.append(Notice(kind, message, self.num_output, data))
 
     @property
     def stopped_by_string(self) -> bool:

@@ -26,13 +26,18 @@ _GUARDED_PREFIXES = ("/v1", "/api", "/ui")  # every API route; the page's static
 
 
 def _error(
-    request: Request, status: int, message: str, field: str | None = None, kind: str | None = None
+    request: Request,
+    status: int,
+    message: str,
+    field: str | None = None,
+    kind: str | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
     """OpenAI's error object on /v1, Ollama's {"error": ...} elsewhere."""
     headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
     if request.url.path.startswith("/v1"):
         error_type = kind or ("invalid_request_error" if status < 500 else "server_error")
-        body: dict[str, Any] = {"error": {"message": message, "type": error_type, "param": field, "code": None}}
+        body: dict[str, Any] = {"error": {"message": message, "type": error_type, "param": field, "code": code}}
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -147,7 +152,7 @@ def create_app(
         kind = "model_not_found" if exc.http_status == 404 else None
         if isinstance(exc, ServerBusyError):
             return _error(request, 503, str(exc), kind="server_busy")
-        return _error(request, exc.http_status, str(exc), field, kind)
+        return _error(request, exc.http_status, str(exc), field, kind, exc.code)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

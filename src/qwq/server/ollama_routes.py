@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qwq import __version__
 from qwq.engine.output import Piece
-from qwq.engine.request import GenerationParams, ReasoningParams
+from qwq.engine.request import GenerationParams
 from qwq.errors import ModelNotFoundError
+from qwq.server.control_fields import ControlFields, progress_fields, report_fields
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/api")
@@ -35,10 +36,16 @@ class Options(BaseModel):
     num_predict: int | None = None
     num_ctx: int | None = Field(default=None, ge=1)
     stop: list[str] | None = None
+    think_budget: int | None = Field(default=None, ge=1)  # qwq's option: the thinking budget in tokens
 
-    def params(self, split_reasoning: bool) -> GenerationParams:
+    def params(self, body: ChatRequest | GenerateRequest) -> GenerationParams:
         """Ollama's translation into the one request type: num_predict -1 (or unset) fills the context,
-        num_ctx caps this request's context (up to the loaded one)."""
+        num_ctx caps this request's context (up to the loaded one); `think` true or a level splits the
+        reasoning off, a level also sets the thinking budget (the option `think_budget` overrides it)."""
+        effort = body.think if isinstance(body.think, str) else None
+        reasoning = body.reasoning_params(split=bool(body.think), effort=effort)
+        if self.think_budget is not None:
+            reasoning = reasoning.merged(max_thinking_tokens=self.think_budget)
         return GenerationParams.of(
             max_tokens=None if self.num_predict is None or self.num_predict < 0 else self.num_predict,
             temperature=self.temperature,
@@ -51,7 +58,7 @@ class Options(BaseModel):
             seed=self.seed,
             stop=self.stop,
             context_length=self.num_ctx,
-            reasoning=ReasoningParams(split=split_reasoning),
+            reasoning=reasoning,
         )
 
 
@@ -61,16 +68,16 @@ class Message(BaseModel):
     content: str = ""
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(ControlFields):
     model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = True
     options: Options = Field(default_factory=Options)
-    think: bool | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(ControlFields):
     model_config = ConfigDict(extra="ignore")
     model: str
     prompt: str = ""
@@ -78,7 +85,7 @@ class GenerateRequest(BaseModel):
     raw: bool = False
     stream: bool = True
     options: Options = Field(default_factory=Options)
-    think: bool | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
 
 
 class ShowRequest(BaseModel):
@@ -114,12 +121,17 @@ def _final_fields(piece: Piece) -> dict[str, Any]:
 
 
 async def _answer(
-    http_request: Request, service: Service, model: str, prompt: list[int], body: ChatRequest | GenerateRequest, shape
+    http_request: Request,
+    service: Service,
+    model: str,
+    prompt: str | list[dict[str, Any]],
+    body: ChatRequest | GenerateRequest,
+    shape,
 ):
     """Submit now (bad requests fail before a response starts), then answer with NDJSON lines (stream) or one
     object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
     otherwise it stays inline in the text, as ollama does."""
-    (handle,) = service.submit(prompt, [body.options.params(split_reasoning=bool(body.think))])
+    (handle,) = service.submit(prompt, [body.options.params(body)])
 
     def message(text: str, thinking: str, **fields: Any) -> dict[str, Any]:
         return {"model": model, "created_at": _now(), **shape(text, thinking), **fields}
@@ -127,23 +139,23 @@ async def _answer(
     if not body.stream:
 
         def answer() -> dict[str, Any]:
-            texts, thoughts, last = [], [], None
-            for piece in service.completion(handle).pieces():
-                texts.append(piece.answer)
-                thoughts.append(piece.reasoning)
+            completion, last = service.completion(handle), None
+            for piece in completion.pieces():
                 last = piece
             if last.finish_reason == "error":  # as ollama answers a failed generation: 500 and the message
                 return JSONResponse({"error": last.error}, status_code=500)
-            return message("".join(texts), "".join(thoughts), **_final_fields(last))
+            fields = {**_final_fields(last), **report_fields(completion.report)}
+            return message(completion.answer, completion.reasoning, **fields)
 
         return await answer_until_closed(answer, [handle], http_request)
 
     def lines() -> Iterator[str]:
         for piece in service.completion(handle).pieces():
-            if piece.answer or piece.reasoning:
-                yield json.dumps(message(piece.answer, piece.reasoning, done=False)) + "\n"
+            progress = progress_fields(piece)
+            if piece.answer or piece.reasoning or progress:
+                yield json.dumps(message(piece.answer, piece.reasoning, done=False, **progress)) + "\n"
             if piece.finish_reason is not None:
-                yield json.dumps(message("", "", **_final_fields(piece))) + "\n"
+                yield json.dumps(message("", "", **_final_fields(piece), **report_fields(piece.report))) + "\n"
 
     stream = stream_until_closed(lines(), [handle], http_request)
     return StreamingResponse(stream, media_type="application/x-ndjson")
@@ -152,7 +164,7 @@ async def _answer(
 @router.post("/chat")
 async def chat(body: ChatRequest, request: Request):
     service = _service(request, body.model)
-    prompt = service.chat_prompt([{"role": m.role, "content": m.content} for m in body.messages])
+    prompt = [{"role": m.role, "content": m.content} for m in body.messages]
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}
@@ -167,10 +179,10 @@ async def chat(body: ChatRequest, request: Request):
 async def generate(body: GenerateRequest, request: Request):
     service = _service(request, body.model)
     if body.raw:
-        prompt = service.text_prompt(body.prompt)
+        prompt = body.prompt
     else:
         system = [{"role": "system", "content": body.system}] if body.system else []
-        prompt = service.chat_prompt([*system, {"role": "user", "content": body.prompt}])
+        prompt = [*system, {"role": "user", "content": body.prompt}]
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
         return {"response": text, **({"thinking": thinking} if thinking else {})}
@@ -255,7 +267,7 @@ def show(body: ShowRequest, request: Request) -> dict[str, Any]:
         "qwen2.rope.freq_base": config.rope_theta,
         "qwq.storage": model.storage_description(),
     }
-    capabilities = ["completion"] + (["thinking"] if service.reasoning_style != ("think", False) else [])
+    capabilities = ["completion"] + (["thinking"] if service.model.reasoning.reasons else [])
     return {
         "modelfile": f"FROM {model.source}",
         "parameters": parameters,

@@ -14,8 +14,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwq.engine.output import Piece
-from qwq.engine.request import SEED_RANGE, GenerationParams, ReasoningParams
+from qwq.engine.request import SEED_RANGE, GenerationParams
 from qwq.errors import InvalidRequestError, ModelNotFoundError
+from qwq.server.control_fields import ControlFields, progress_fields, report_fields
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/v1")
@@ -40,7 +41,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(ControlFields):
     model_config = ConfigDict(extra="ignore")
     model: str
     stream: bool = False
@@ -71,7 +72,7 @@ class SamplingFields(BaseModel):
             stop=self.stop,
             seed=None if self.seed is None else _choice_seed(self.seed, index),
             logprobs=logprobs,
-            reasoning=ReasoningParams(split=isinstance(self, ChatCompletionRequest)),
+            reasoning=self.reasoning_params(split=isinstance(self, ChatCompletionRequest)),
         )
 
 
@@ -147,10 +148,11 @@ def _error_field(piece: Piece) -> dict[str, Any]:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     service = _service(request, body.model)
-    prompt = service.chat_prompt([m.as_template_message() for m in body.messages])
+    messages = [m.as_template_message() for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    handles = service.submit(prompt, [body.params(max_tokens, top, index) for index in range(body.n)])
+    handles = service.submit(messages, [body.params(max_tokens, top, index) for index in range(body.n)])
+    prompt_tokens = len(handles[0].request.prompt_ids)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": completion_id, "created": created, "model": body.model}
 
@@ -159,16 +161,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         def answer() -> dict[str, Any]:
             choices, completion_tokens = [], 0
             for index, handle in enumerate(handles):
-                reasoning, answer, logprobs, last = [], [], [], None
-                for piece in service.completion(handle).pieces():
-                    reasoning.append(piece.reasoning)
-                    answer.append(piece.answer)
+                logprobs, last = [], None
+                completion = service.completion(handle)
+                for piece in completion.pieces():
                     if top is not None:
                         logprobs.extend(_chat_logprobs(service, piece, top)["content"])
                     last = piece
                 completion_tokens += last.completion_tokens
-                content = "".join(answer)
-                message = {"role": "assistant", "content": content, "reasoning_content": "".join(reasoning) or None}
+                reasoning = completion.reasoning or None
+                message = {"role": "assistant", "content": completion.answer, "reasoning_content": reasoning}
                 choices.append(
                     {
                         "index": index,
@@ -176,9 +177,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                         "logprobs": {"content": logprobs} if top is not None else None,
                         "finish_reason": last.finish_reason,
                         **_error_field(last),
+                        **report_fields(completion.report),
                     }
                 )
-            usage = _usage(len(prompt), completion_tokens)
+            usage = _usage(prompt_tokens, completion_tokens)
             return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
         return await answer_until_closed(answer, handles, request)
@@ -200,15 +202,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                     delta["reasoning_content"] = piece.reasoning
                 if piece.answer:
                     delta["content"] = piece.answer
-                if delta or piece.events and top is not None:
+                progress = progress_fields(piece)
+                if delta or progress or piece.events and top is not None:
                     choice = {"index": index, "delta": delta, "logprobs": _chat_logprobs(service, piece, top)}
-                    yield _sse({**chunk, "choices": [{**choice, "finish_reason": None}]})
+                    yield _sse({**chunk, "choices": [{**choice, "finish_reason": None, **progress}]})
                 if piece.finish_reason is not None:
                     completion_tokens += piece.completion_tokens
                     final = {"index": index, "delta": {}, "logprobs": None, "finish_reason": piece.finish_reason}
-                    yield _sse({**chunk, "choices": [{**final, **_error_field(piece)}]})
+                    extra = {**_error_field(piece), **report_fields(piece.report)}
+                    yield _sse({**chunk, "choices": [{**final, **extra}]})
         if body.stream_options and body.stream_options.include_usage:
-            yield _sse({**chunk, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
+            yield _sse({**chunk, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream_until_closed(events(), handles, request), media_type="text/event-stream")
@@ -229,10 +233,10 @@ def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[st
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     service = _service(request, body.model)
-    prompt = service.text_prompt(body.prompt)
-    if not prompt:
+    if not body.prompt:
         raise InvalidRequestError("prompt: must not be empty")
-    handles = service.submit(prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
+    handles = service.submit(body.prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
+    prompt_tokens = len(handles[0].request.prompt_ids)
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -245,19 +249,21 @@ async def completions(body: CompletionRequest, request: Request):
         def answer() -> dict[str, Any]:
             choices, completion_tokens = [], 0
             for index, handle in enumerate(handles):
-                text, last = [], None
+                last, written = None, 0
                 merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-                for piece in service.completion(handle).pieces():
+                completion = service.completion(handle)
+                for piece in completion.pieces():
                     if body.logprobs is not None:
-                        for key, values in _completion_logprobs(service, piece, len("".join(text))).items():
+                        for key, values in _completion_logprobs(service, piece, written).items():
                             merged[key].extend(values)
-                    text.append(piece.answer)
+                    written += len(piece.answer) - piece.retracted_answer
                     last = piece
                 completion_tokens += last.completion_tokens
                 logprobs = merged if body.logprobs is not None else None
-                choice = {"index": index, "text": "".join(text), "logprobs": logprobs}
-                choices.append({**choice, "finish_reason": last.finish_reason, **_error_field(last)})
-            return {**base, "choices": choices, "usage": _usage(len(prompt), completion_tokens)}
+                choice = {"index": index, "text": completion.answer, "logprobs": logprobs}
+                extra = {**_error_field(last), **report_fields(completion.report)}
+                choices.append({**choice, "finish_reason": last.finish_reason, **extra})
+            return {**base, "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}
 
         return await answer_until_closed(answer, handles, request)
 
@@ -267,20 +273,22 @@ async def completions(body: CompletionRequest, request: Request):
             written = 0
             for piece in service.completion(handle).pieces():
                 logprobs = _completion_logprobs(service, piece, written) if body.logprobs is not None else None
-                written += len(piece.answer)
-                if piece.answer or piece.finish_reason:
+                written += len(piece.answer) - piece.retracted_answer
+                progress = progress_fields(piece, final=piece.finish_reason is not None)
+                if piece.answer or piece.finish_reason or progress:
                     choice = {
                         "index": index,
                         "text": piece.answer,
                         "logprobs": logprobs,
                         "finish_reason": piece.finish_reason,
                         **_error_field(piece),
+                        **progress,
                     }
                     yield _sse({**base, "choices": [choice]})
                 if piece.finish_reason:
                     completion_tokens += piece.completion_tokens
         if body.stream_options and body.stream_options.include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(len(prompt), completion_tokens)})
+            yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(stream_until_closed(events(), handles, request), media_type="text/event-stream")

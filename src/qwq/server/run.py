@@ -12,6 +12,7 @@ import uvicorn
 from qwq.api import Model
 from qwq.engine.background import EngineThread
 from qwq.engine.engine import Engine
+from qwq.reasoning.guard_protocol import Guard
 from qwq.server.app import create_app
 from qwq.server.service import Service
 
@@ -36,9 +37,9 @@ class _Server(uvicorn.Server):
 def serve(
     model: Model,
     name: str,
-    reasoning_style: tuple[str, bool],
     load_seconds: float,
     *,
+    guard: Guard | None = None,
     host: str,
     port: int,
     api_key: str | None,
@@ -51,7 +52,7 @@ def serve(
     )
     served = Path(name).stem if Path(name).suffix == ".gguf" else name
     aliases = tuple({name, served, f"{served}:latest"} - {served})
-    service = Service(model, engine, served, reasoning_style, aliases=aliases, load_seconds=load_seconds)
+    service = Service(model, engine, served, guard=guard, aliases=aliases, load_seconds=load_seconds)
     app = create_app(service, api_key=api_key, cors_origins=cors_origins)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use it", host)

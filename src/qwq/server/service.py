@@ -15,7 +15,7 @@ from qwq.api import Model
 from qwq.engine.background import EngineThread, Handle
 from qwq.engine.output import Completion
 from qwq.engine.request import GenerationParams
-from qwq.reasoning.parser import ReasoningSplitter
+from qwq.reasoning.guard_protocol import Guard
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
@@ -26,32 +26,30 @@ class Service:
     model: Model
     engine: EngineThread
     name: str
-    reasoning_style: tuple[str, bool]
+    guard: Guard | None = None  # `qwq serve --guard`: run on every prompt and reply unless a request opts out
     aliases: tuple[str, ...] = ()
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> list[int]:
-        tokenizer = self.model.tokenizer
-        return tokenizer.encode(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True))
-
-    def text_prompt(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            return self.model.tokenizer.encode(prompt)
-        return list(prompt)
-
-    def submit(self, prompt_ids: list[int], choices: Sequence[GenerationParams]) -> list[Handle]:
-        """Queue one request per choice, all or none, now: bad prompts and a full server fail before any
-        response starts."""
-        requests = [self.model.request(prompt_ids, params) for params in choices]
+    def submit(
+        self,
+        prompt: list[int] | str | Sequence[dict[str, Any]],
+        choices: Sequence[GenerationParams],
+    ) -> list[Handle]:
+        """Queue one request per choice, all or none, now: bad prompts, a prompt the guard blocks and a full
+        server fail before any response starts. `prompt`: chat messages, a text, or token ids."""
+        model = self.model
+        if isinstance(prompt, str) or (prompt and not isinstance(prompt[0], dict)):
+            ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            requests = [model.request(ids, params, guard=self.guard) for params in choices]
+        else:
+            requests = [model.chat_request(list(prompt), params, guard=self.guard) for params in choices]
         return self.engine.submit(requests)
 
     def completion(self, handle: Handle) -> Completion:
         """The handle's reply through the text pipeline; closing it cancels the request."""
-        params = handle.request.params
-        style = self.reasoning_style if params.reasoning.split else ("none", False)
-        splitter = ReasoningSplitter(*style)
-        return Completion(handle.outputs(), len(handle.request.prompt_ids), splitter, on_close=handle.cancel)
+        request = handle.request
+        return Completion(handle.outputs(), request, self.model.splitter_args(request), on_close=handle.cancel)
 
     def token_text(self, token: int) -> str:
         return self.model.tokenizer.decode([token])

@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS_KEY = "qwq.settings";
-const SETTING_FIELDS = ["system-prompt", "temperature", "max-tokens", "api-key"];
+const SETTING_FIELDS = [
+  "system-prompt", "temperature", "max-tokens", "api-key", "think-budget", "loop-action", "language-mode", "language",
+];
 
 const chat = {
   model: null,
@@ -46,7 +48,30 @@ function samplingParameters() {
     if (!Number.isInteger(value) || value < 1) return { error: "Max tokens must be a whole number of at least 1." };
     parameters.max_tokens = value;
   }
+  const budget = $("think-budget").value.trim();
+  if (budget !== "") {
+    const value = Number(budget);
+    if (!Number.isInteger(value) || value < 1) return { error: "Thinking budget must be a whole number of at least 1." };
+    parameters.thinking_token_budget = value;
+  }
+  const loop = $("loop-action").value;
+  if (loop) parameters.repetition_detection = { action: loop };
+  const mode = $("language-mode").value;
+  if (mode !== "off") {
+    const language = $("language").value.trim();
+    parameters.language_guard = { mode, ...(language ? { language } : {}) };
+  }
   return { parameters };
+}
+
+/** What the reasoning controls reported at the end of a reply, in a line. */
+function controlsSummary(report) {
+  const parts = [];
+  if (report.loops?.detected) parts.push(`${report.loops.detected} loop(s) cut (${report.loops.tokens_cut} tokens)`);
+  if (report.thinking) parts.push(`thought ${report.thinking.tokens} tokens`);
+  if (report.language) parts.push(`other scripts: ${(100 * report.language.mixing_rate).toFixed(2)}% of letters`);
+  if (report.guard?.blocked) parts.push(`blocked by the guard (${report.guard.blocked})`);
+  return parts.join(" · ");
 }
 
 // ---------- talking to the server ----------
@@ -177,6 +202,7 @@ function addAssistantMessage() {
     <details class="reasoning" hidden><summary>Thinking…</summary><div class="reasoning-text"></div></details>
     <div class="answer"></div>
     <p class="note" hidden></p>
+    <ul class="notices"></ul>
     <footer class="stats"></footer>`;
   $("messages").append(article);
   scrollToEnd();
@@ -186,6 +212,7 @@ function addAssistantMessage() {
     reasoningText: new MarkdownView(article.querySelector(".reasoning-text")),
     answer: new MarkdownView(article.querySelector(".answer")),
     note: article.querySelector(".note"),
+    notices: article.querySelector(".notices"),
     stats: article.querySelector(".stats"),
   };
 }
@@ -236,6 +263,7 @@ async function send(text) {
   let finishReason = null;
   let failureMessage = null;
   let usage = null;
+  let controls = null;
   let outcome = "done";
   try {
     const response = await fetch("v1/chat/completions", {
@@ -250,6 +278,21 @@ async function send(text) {
       if (event.usage) usage = event.usage;
       const choice = event.choices?.[0];
       if (!choice) continue;
+      const extra = choice.qwq ?? {};
+      if (extra.retracted) {
+        // a control took back text it had streamed (a loop's repeats): drop it before adding what follows
+        reasoning = reasoning.slice(0, reasoning.length - extra.retracted.reasoning);
+        answer = answer.slice(0, answer.length - extra.retracted.content);
+        view.reasoningText.update(reasoning);
+        view.answer.update(answer);
+      }
+      for (const notice of extra.notices ?? []) {
+        const item = document.createElement("li");
+        item.textContent = notice.message;
+        item.dataset.kind = notice.kind;
+        view.notices.append(item);
+      }
+      if (extra.controls) controls = extra.controls;
       const delta = choice.delta ?? {};
       if (delta.reasoning_content || delta.content) firstToken ??= performance.now();
       if (delta.reasoning_content) {
@@ -293,11 +336,15 @@ async function send(text) {
   else if (outcome === "done" && !answer && reasoning)
     showNote(view, "The reply ended inside its reasoning: no final answer.");
   else if (finishReason === "length") showNote(view, "Cut off at the token limit.");
+  else if (finishReason === "loop") showNote(view, "Stopped: the reply kept repeating itself.");
+  else if (finishReason === "budget") showNote(view, "Stopped: no answer within the answer budget.");
+  else if (finishReason === "content_filter") showNote(view, "Stopped: the safety guard blocked the reply.", true);
   if (usage && firstToken !== null) {
     const seconds = (performance.now() - firstToken) / 1000;
     const rate = seconds > 0 ? (usage.completion_tokens / seconds).toFixed(1) : "–";
     view.stats.textContent = `${usage.prompt_tokens} prompt tokens · ${usage.completion_tokens} generated · ${rate} tok/s`;
   }
+  if (controls) view.stats.textContent += (view.stats.textContent ? " · " : "") + controlsSummary(controls);
   view.article.dataset.state = outcome;
   if (outcome === "error") chat.messages.pop(); // the model never answered: let the user try again
   else chat.messages.push({ role: "assistant", content: answer });

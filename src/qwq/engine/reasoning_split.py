@@ -121,12 +121,35 @@ def split_reasoning(text: str, style: str = "think", starts_in_reasoning: bool =
     return Delta(first.reasoning + rest.reasoning, first.answer + rest.answer)
 
 
-def detect_style(tokenizer: Tokenizer) -> tuple[str, bool]:
-    """The reasoning style of a model, and whether its replies start inside the reasoning (the chat template
-    opens `<think>` in the prompt), judged from its vocabulary and chat template."""
+@dataclass(frozen=True)
+class ReasoningFormat:
+    """How a model writes its reasoning: the splitter's style, whether replies start inside the reasoning,
+    and whether the model reasons at all (a plain chat model has nothing to budget or cue)."""
+
+    style: str
+    starts_in_reasoning: bool
+    reasons: bool
+
+    @property
+    def splitter_args(self) -> tuple[str, bool]:
+        return self.style, self.starts_in_reasoning
+
+    @classmethod
+    def named(cls, style: str) -> ReasoningFormat:
+        """A format forced by name (`--reasoning-format`): QwQ-Preview's replies start in the reasoning."""
+        if style not in STYLES:
+            raise ValueError(f"reasoning style must be one of {STYLES}, got {style!r}")
+        return cls(style, style == "qwq-preview", style != "none")
+
+
+def detect_format(tokenizer: Tokenizer) -> ReasoningFormat:
+    """A model's reasoning format, judged from its vocabulary and chat template: a `</think>` token means
+    tagged reasoning (starting inside it when the template opens `<think>`), QwQ-Preview's system prompt
+    means plain-text reasoning; otherwise a plain model whose replies pass through (a `<think>` it writes
+    as text is still split off)."""
     if tokenizer.token_id(_THINK_CLOSE) is not None:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True)
-        return "think", prompt.rstrip().endswith(_THINK_OPEN)
+        return ReasoningFormat("think", prompt.rstrip().endswith(_THINK_OPEN), True)
     if _QWQ_PREVIEW_HINT in (tokenizer.chat_template or ""):
-        return "qwq-preview", True
-    return "think", False
+        return ReasoningFormat("qwq-preview", True, True)
+    return ReasoningFormat("think", False, False)
