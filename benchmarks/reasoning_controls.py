@@ -62,17 +62,20 @@ def recovery(model: qwq.Model, limit: int, max_tokens: int) -> None:
     print(f"\n## recovery: {len(prompts)} looping prompts, greedy, max_tokens {max_tokens}")
     for action in ("recover", "off"):
         answered = length = cut = detected = 0
+        reasons: dict[str, int] = {}
         for text in prompts:
             completion = _run(model, text, QWQ_PREVIEW, max_tokens=max_tokens, loop=action, max_answer_tokens=256)
-            answered += bool(completion.answer.strip()) and completion.finish_reason == "stop"
+            cued_out = any(n.data.get("cued") for n in completion.notices)  # the answer's budget ran out
+            answered += bool(completion.answer.strip()) and completion.finish_reason != "length" and not cued_out
             length += completion.finish_reason == "length"
+            reasons[completion.finish_reason] = reasons.get(completion.finish_reason, 0) + 1
             loops = completion.report.get("loops", {})
             cut += loops.get("tokens_cut", 0)
             detected += loops.get("detected", 0)
         print(
-            f"loop={action:8} answered (non-empty answer, finish stop): {answered}/{len(prompts)}"
+            f"loop={action:8} non-empty answer inside the budget: {answered}/{len(prompts)}"
             f" ({answered / len(prompts):.0%})  ran to the length limit: {length}/{len(prompts)}"
-            f"  loops detected: {detected}  tokens cut: {cut}"
+            f"  finish reasons: {reasons}  loops detected: {detected}  tokens cut: {cut}"
         )
 
 

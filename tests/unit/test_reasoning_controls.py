@@ -155,6 +155,16 @@ def test_the_thinking_budget_cues_the_answer_at_the_budget(tiny, fmt, monkeypatc
     assert completion.notices[0].kind == "budget"
 
 
+def test_with_a_budget_a_reply_that_ends_inside_its_reasoning_still_gets_an_answer(tiny, monkeypatch):
+    """The end-of-turn token inside the reasoning (the model stopped before any heading) is replaced by the
+    answer's cue: a budgeted reply always ends with an answer."""
+    params = tiny.params(max_tokens=400, temperature=0, max_thinking_tokens=200, loop="off")
+    completion, _ = run(tiny, QWQ_PREVIEW, answer_after(HEADING, "42", "x is 42, I think."), params, monkeypatch)
+    assert completion.finish_reason == "stop" and completion.answer.strip() == "42"
+    assert completion.reasoning.startswith("x is 42, I think.")
+    assert completion.notices[0].data == {"ended_early": True}
+
+
 def test_a_reply_that_closes_its_reasoning_early_is_made_to_go_on(tiny, monkeypatch):
     early = "x is 3.\n\n**Final Answer**\n\n3"
     longer = "x is 3.\n\nWait, let me verify by substituting x back into the equation and checking each side."

@@ -171,11 +171,17 @@ class ReasoningControls:
         """The thinking budget and minimum; True when the sequence was changed."""
         params = self.params
         budget = params.max_thinking_tokens
-        spent = budget is not None and sequence.num_output >= budget - self._budget_lead
-        if self.in_reasoning and spent and self._cued is None:
-            self._cue(sequence, "budget")
-            sequence.notify("budget", f"thinking budget of {budget} tokens reached — answering", budget=budget)
-            return True
+        if budget is not None and self.in_reasoning and self._cued is None:
+            if sequence.num_output >= budget - self._budget_lead:
+                self._cue(sequence, "budget")
+                sequence.notify("budget", f"thinking budget of {budget} tokens reached — answering", budget=budget)
+                return True
+            if sequence.output_ids[-1] in sequence.params.end_ids:  # the turn ended inside the reasoning
+                sequence.rollback(1)
+                self._read(sequence)
+                self._cue(sequence, "budget")
+                sequence.notify("budget", "the reply ended inside its reasoning — answering", ended_early=True)
+                return True
         low = params.min_thinking_tokens
         if low and self._reasoning_end is not None and self._reasoning_end < low and self._cued is None:
             sequence.rollback(sequence.num_output - self._reasoning_end)

@@ -1,34 +1,37 @@
 """Streaming loop detection for a reasoning model's output: one `push` per generated token, O(1) amortised.
 
 Small models fall into loops: a block copied verbatim, the same block with a counter or a few words changed
-("157. Loop", "158. Loop", ...), or one short phrase written hundreds of times. Two detectors watch the stream:
+("157. Loop", "158. Loop", ...), one short phrase written hundreds of times. Two detectors watch the stream:
 
-- exact cycles: every 8-gram's last position gives a candidate period p; a candidate lives while each new
-  token equals the one p back (its run length is kept), so a few candidates cost O(1) per token.
-- approximate cycles, on a stream with each number collapsed to one symbol (a counter that grows 9 -> 10
-  keeps the period): each 4-gram of that stream, raw and number-masked, is looked up at its last occurrence;
-  a candidate period lives while most recent 4-grams recur about one period back (within 1 + p/10 symbols, so
-  a swapped word of another length does not break it). Its run counts how many 4-grams recurred raw (the text
-  copied word for word) and how many only with numbers masked.
+- exact cycles: each 8-gram's last position gives a candidate period p; a candidate lives while each new
+  token equals the one p back, keeping its run length, so a handful of candidates cost O(1) a token.
+- approximate cycles, over symbols: a token, or a whole number (a counter going 9 -> 10 keeps the period).
+  Each symbol's 4-gram is spelled as text (digits kept, but a list counter, "12." at a line start, is one
+  mark) and masked (every number one mark). A 4-gram's last occurrence proposes a period; a candidate then
+  compares each new 4-gram with the one a period back (or two, when only the last copy swapped a word),
+  re-aligns by up to 1 + p/10 (at most 4) symbols after a word of another length, dies once most of its last
+  24 symbols miss, and counts how many of its 4-grams were copied as text.
 
-A hit needs (the defaults, `LoopThresholds`, each chosen against the corpus in tests/data/loops):
-- exact: 3 copies of the block and 64 tokens in all. Two copies are a re-check, not a loop; 64 tokens keep
-  "}", "---" and short table rows (a repeated 4-token line needs 16 copies) from counting.
-- approximate, mostly copied (at least 60% of the run's 4-grams recur raw) and a block of more than 32
-  tokens: 4 copies. A block said three times with changes is still healthy reasoning.
-- approximate, only the numbers agree (a template): 8 copies of a block of more than 32 tokens, or 24 of a
-  line of at most 32 tokens. Healthy enumerations ("Case 1: ...", 7 x 1 = 7 up to 7 x 20 = 140) stay below
-  that, while a counter loop runs on to the token limit.
-- approximate cycles need 2 word tokens (2 letters, or a non-ASCII letter) per block: a list of numbers
-  ("2\\n3\\n5\\n", "| 1 | 4 |") is all template and no text.
+A hit needs (`LoopThresholds`; the values are what the corpus in tests/data/loops, built by
+scripts/make_loop_corpus.py, supports):
+- exact: 3 copies and 64 tokens. Two copies are a re-check; 64 tokens keep "}", "---", table rules and short
+  repeated rows out (a 4-token line must come 16 times).
+- approximate: 4 copies (a block said three times with changes is still a re-check) and 64 tokens, with 70%
+  of the run's 4-grams copied as text. An enumeration that fills a template with new numbers every time
+  ("Case k: ...", "Wait, let me verify step k: a + b = c ...") copies 50-60% and stays out; counter loops copy
+  about all of it and loops with a word or two swapped per copy 70-95%.
+- approximate with a period of at most 32 tokens (a line): 90% copied, so table rows and "7 x k = 7k" lines,
+  one new cell or number each, are not loops, while "12. Loop" (only the counter changes) is.
+- approximate: a letter in the first copy; a list of numbers ("2\n3\n5", "| 1 | 4 |") is never a loop.
+Not caught, by design: a loop whose copies change a number in most sentences (a "last digit of 7^k" loop
+counting k up) reads as such an enumeration; it is caught only where its text starts to repeat.
+
 Kinds: "degenerate" for a period of at most 16 tokens (a short phrase or line), else "verbatim" (exact) or
-"near-verbatim" (approximate). `onset` is where the first copy begins (exact cycles: to the token; approximate:
-a few tokens early or late), `period` the last cycle's length in tokens.
-
-A hit is reported once: further hits whose onset lies in the looping text already reported (it stays covered
-while any candidate still fires) are not. Without a tokenizer nothing is masked and every token counts as a
-word: exact cycles and word-for-word approximate ones are still found. `truncate` rebuilds by replaying the
-kept tokens (the engine rolls back rarely; about 5 us a token).
+"near-verbatim". `onset` is where the first copy begins (exact: to the token; approximate: within a few
+tokens), `period` the last copy's length in tokens. A hit is reported once: a hit whose onset lies in looping
+text already reported (it stays covered while any candidate still fires) is not. Without a tokenizer nothing
+is masked and every token counts as a letter: exact cycles and word-for-word approximate ones are still found.
+`truncate` replays the kept tokens (the engine rolls back rarely; about 5 us a token).
 """
 
 from __future__ import annotations
@@ -67,10 +70,9 @@ class LoopThresholds:
     min_copies: int = 3
     min_span: int = 64
     near_min_copies: int = 4
-    near_min_copied: float = 0.6
+    near_min_copied: float = 0.7
     short_cycle: int = 32
     short_min_copied: float = 0.9
-    min_matched: float = 0.65
     min_words: int = 1
     degenerate_period: int = 16
     max_period: int = 2048
@@ -79,17 +81,20 @@ class LoopThresholds:
         for field in fields(self):
             value = getattr(self, field.name)
             if not value > 0 or (isinstance(value, float) and value > 1):
-                raise InvalidRequestError(f"loop threshold {field.name} must be positive, got {value!r}", field.name)
+                what = "a fraction in (0, 1]" if isinstance(value, float) else "positive"
+                raise InvalidRequestError(f"loop threshold {field.name} must be {what}, got {value!r}", field.name)
 
 
 @dataclass(frozen=True)
 class _TokenTable:
-    """Per vocabulary token (1 or 0): writes a digit, writes a word, ends a line, writes only whitespace."""
+    """Per vocabulary token (1 or 0): writes a digit, writes a letter, ends a line, writes only whitespace,
+    begins with the mark after a list counter ("12." "12)" "12:")."""
 
     digit: bytes
     word: bytes
     newline: bytes
     blank: bytes
+    counter_mark: bytes
 
 
 _tables: weakref.WeakKeyDictionary[Tokenizer, _TokenTable] = weakref.WeakKeyDictionary()
@@ -100,7 +105,7 @@ def _token_table(tokenizer: Tokenizer) -> _TokenTable:
     if cached is not None:
         return cached
     vocab = vocabulary(tokenizer)
-    digit, word, newline, blank = (bytearray(len(vocab)) for _ in range(4))
+    digit, word, newline, blank, counter_mark = (bytearray(len(vocab)) for _ in range(5))
     for index, piece in enumerate(vocab.token_bytes):
         if index in vocab.added:
             newline[index] = 1  # a control token (<|im_end|>, <think>) breaks the text like a line end
@@ -109,7 +114,8 @@ def _token_table(tokenizer: Tokenizer) -> _TokenTable:
         word[index] = any(ch.isalpha() for ch in piece.decode("utf-8", "ignore"))
         newline[index] = b"\n" in piece
         blank[index] = not piece.strip()
-    table = _TokenTable(bytes(digit), bytes(word), bytes(newline), bytes(blank))
+        counter_mark[index] = piece[:1] in (b".", b")", b":")
+    table = _TokenTable(bytes(digit), bytes(word), bytes(newline), bytes(blank), bytes(counter_mark))
     _tables[tokenizer] = table
     return table
 
@@ -155,28 +161,31 @@ class _ExactCycles:
 class _Candidate:
     """An approximate period (in symbols) and its run: symbols whose 4-gram recurs one period back.
 
-    The offset it compares at may drift up to `tolerance` from the period: a word swapped for one of another
-    length shifts the rest of that copy.
+    The offset it compares at may drift to any in `search` (the period +- 1 + p/10, at most 4): a word swapped
+    for one of another length shifts the rest of that copy.
     """
 
-    __slots__ = ("period", "tolerance", "offset", "start", "count", "copied", "matched", "window", "misses")
+    __slots__ = ("period", "search", "offset", "start", "count", "copied", "window", "misses")
 
     def __init__(self, period: int, start: int, copied: bool) -> None:
-        self.period, self.tolerance, self.offset, self.start = period, min(4, 1 + period // 10), period, start
-        self.count, self.copied, self.matched = 1, int(copied), 1
+        self.period, self.offset, self.start = period, period, start
+        tolerance = min(4, 1 + period // 10)
+        self.search = tuple(
+            sorted(range(max(1, period - tolerance), period + tolerance + 1), key=lambda o: abs(o - period))
+        )
+        self.count, self.copied = 1, int(copied)
         self.window: deque[bool] = deque([True], maxlen=min(period, 24))
         self.misses = 0
 
     def step(self, texts: list[int], masks: list[int], s: int) -> bool:
         """Score symbol s; False once most of the last period (at most 24 symbols) missed."""
-        copied = texts[s] == texts[s - self.offset]
-        hit = copied or masks[s] == masks[s - self.offset]
+        back = s - self.offset
+        before = back - self.offset if back >= self.offset else back  # still has what the last copy alone changed
+        copied = texts[s] == texts[back] or texts[s] == texts[before]
+        hit = copied or masks[s] == masks[back] or masks[s] == masks[before]
         if not hit:
-            for offset in sorted(
-                range(self.period - self.tolerance, self.period + self.tolerance + 1),
-                key=lambda o: abs(o - self.offset),
-            ):
-                if 0 < offset <= s and (texts[s] == texts[s - offset] or masks[s] == masks[s - offset]):
+            for offset in self.search:
+                if offset <= s and (texts[s] == texts[s - offset] or masks[s] == masks[s - offset]):
                     self.offset, hit, copied = offset, True, texts[s] == texts[s - offset]
                     break
         if len(self.window) == self.window.maxlen and not self.window[0]:
@@ -185,7 +194,6 @@ class _Candidate:
         self.misses += not hit
         self.count += 1
         self.copied += copied
-        self.matched += hit
         return 2 * self.misses <= self.window.maxlen
 
 
@@ -220,7 +228,7 @@ class _NearCycles:
             self.number.append(token)
             return self._best(i)
         if self.number:
-            text = _COUNTER if self.line_start else tuple(self.number)
+            text = _COUNTER if self.line_start and table.counter_mark[token] else tuple(self.number)
             self._symbol(text, _NUMBER, i - len(self.number), 0)
             self.number = []
             self.line_start = False
@@ -247,12 +255,14 @@ class _NearCycles:
             if seen is None or not 2 <= s - seen <= self.limits.max_period or len(self.candidates) >= _CANDIDATES:
                 continue
             gap = s - seen
-            if not any(abs(c.period - gap) <= c.tolerance for c in self.candidates):
+            if not any(gap in c.search for c in self.candidates):
                 self.candidates.append(_Candidate(gap, s, self.texts[s - gap] == text))
 
     def _best(self, i: int) -> LoopHit | None:
-        best = None
+        best, needed = None, self.limits.near_min_copies - 1
         for c in self.candidates:
+            if c.count < needed * c.period - _NEAR_GRAM:  # too few copies yet (the first copy is not counted)
+                continue
             hit = self._fires(c, i)
             if hit is not None and (best is None or (hit.onset, hit.period) < (best.onset, best.period)):
                 best = hit
@@ -260,7 +270,7 @@ class _NearCycles:
 
     def _fires(self, c: _Candidate, i: int) -> LoopHit | None:
         limits, s = self.limits, len(self.units) - 1
-        if not c.window[-1] or c.copied < limits.near_min_copied * c.count or c.matched < limits.min_matched * c.count:
+        if not c.window[-1] or c.copied < limits.near_min_copied * c.count:
             return None
         period = i - self.positions[s - c.period]
         if period <= limits.short_cycle and c.copied < limits.short_min_copied * c.count:
