@@ -81,17 +81,23 @@ def recovery(model: qwq.Model, limit: int, max_tokens: int) -> None:
 
 def budget(model: qwq.Model, budgets: list[int]) -> None:
     print("\n## budget: reasoning length against the budget (answer budget 64)")
-    print(f"{'format':12} {'budget':>6} {'reasoning tokens (per prompt)':>34} {'max |error|':>11} {'answered':>9}")
+    print(f"{'format':12} {'budget':>6} {'reasoning tokens (per prompt)':>30} {'|error| at budget':>17} "
+          f"{'ended earlier':>13} {'answered':>9}")
     for fmt, name in ((QWQ_PREVIEW, "qwq-preview"), (THINK, "think")):
         for value in budgets:
-            lengths, answered = [], 0
+            lengths, errors, early, answered = [], [], 0, 0
             for text in BUDGET_PROMPTS:
                 completion = _run(model, text, fmt, max_tokens=value + 200, max_thinking_tokens=value,
                                   max_answer_tokens=64, loop="off")
-                lengths.append(completion.report["thinking"]["tokens"])
+                thinking = completion.report["thinking"]
+                lengths.append(thinking["tokens"])
+                if thinking["budget_reached"]:
+                    errors.append(abs(thinking["tokens"] - value))
+                else:  # the model closed (or ended) its reasoning before the budget
+                    early += 1
                 answered += bool(completion.answer.strip())
-            error = max(abs(n - value) for n in lengths)
-            print(f"{name:12} {value:>6} {str(lengths):>34} {error:>11} {answered:>6}/{len(BUDGET_PROMPTS)}")
+            error, asked = max(errors, default=0), len(BUDGET_PROMPTS)
+            print(f"{name:12} {value:>6} {str(lengths):>30} {error:>17} {early:>13} {answered:>6}/{asked}")
 
 
 def overhead(model: qwq.Model, new_tokens: int, repeats: int) -> None:
