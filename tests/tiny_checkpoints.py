@@ -63,12 +63,15 @@ def write_gguf(
     seed: int = 0,
     model_name: str | None = None,
     context: int = SHAPE["context"],
+    heads: int = SHAPE["heads"],
+    rms_norm_eps: float = 1e-6,
 ) -> Path:
     """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32);
-    `model_name` goes to the metadata's general.name; `context` is its trained context."""
+    `model_name` goes to the metadata's general.name; `context` is its trained context; `heads` and
+    `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves)."""
     rng = np.random.default_rng(seed)
-    hidden, heads, kv_heads = SHAPE["hidden"], SHAPE["heads"], SHAPE["kv_heads"]
-    head_dim = hidden // heads
+    hidden, kv_heads = SHAPE["hidden"], SHAPE["kv_heads"]
+    head_dim = hidden // SHAPE["heads"]
     tokens, types = vocabulary()
     writer = gguf.GGUFWriter(str(path), architecture)
     if model_name is not None:
@@ -80,7 +83,7 @@ def write_gguf(
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_layer_norm_rms_eps(rms_norm_eps)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self) -> None:
-        if self.head_dim is None:
-            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        heads = self.num_attention_heads
+        if self.head_dim is None and isinstance(heads, int) and heads > 0:  # a zero count is refused by _check
+            object.__setattr__(self, "head_dim", self.hidden_size // heads)
         self._check()
 
     def _check(self) -> None:
@@ -61,9 +63,9 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ModelLoadError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
+        if not 0 < self.rms_norm_eps < math.inf or not 0 < self.rope_theta < math.inf:
             raise ModelLoadError(
-                f"rms_norm_eps ({self.rms_norm_eps}) and rope_theta ({self.rope_theta}) must be positive"
+                f"rms_norm_eps ({self.rms_norm_eps}) and rope_theta ({self.rope_theta}) must be positive and finite"
             )
 
     @property

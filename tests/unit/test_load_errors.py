@@ -127,3 +127,21 @@ def test_random_header_corruption_never_escapes_as_a_crash(tmp_path, tiny_gguf):
             outcomes.add("refused")
         path.unlink()
     assert "refused" in outcomes
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"heads": 0}, r"'num_attention_heads' must be a positive integer, got 0"),
+        ({"rms_norm_eps": float("inf")}, r"rms_norm_eps \(inf\) .* must be positive and finite"),
+    ],
+    ids=["zero-heads", "infinite-eps"],
+)
+def test_impossible_metadata_is_named_not_a_crash(tmp_path, metadata, message):
+    """A GGUF whose metadata claims 0 attention heads (a ZeroDivisionError before) or an infinite epsilon
+    is refused by name, for `qwq show` (meta device) as for loading the weights."""
+    path = write_gguf(tmp_path / "lying.gguf", **metadata)
+    expected = rf"lying\.gguf: metadata does not describe a valid model: .*{message}"
+    for device in ("meta", "cpu"):
+        with pytest.raises(qwq.ModelLoadError, match=expected):
+            qwq.load(path, device=device)
