@@ -209,3 +209,28 @@ def test_reasoning_controls_are_sent_and_what_they_did_is_shown(page: Page):
     _send(page, "hello")
     expect(page.locator("#status")).to_have_text("Thinking budget must be a whole number of at least 1.")
     assert len(requests) == 1
+
+
+def test_the_page_is_served_under_a_strict_content_security_policy(browser: Browser, server: str):
+    """The page works under `default-src 'self'` (every other test here runs under it too), and a remote image
+    the model writes is a link the browser never fetches."""
+    context = browser.new_context()
+    page = context.new_page()
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
+    response = page.goto(f"{server}/")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' data:" in policy
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#model-name")).to_have_text(MODEL)
+    html = page.evaluate(
+        """async (key) => (await (await fetch('ui/render', {method: 'POST', headers: {'Content-Type':
+           'application/json', Authorization: 'Bearer ' + key}, body: JSON.stringify({text:
+           '![x](https://elsewhere.example/p.png)'})})).json()).html""",
+        KEY,
+    )
+    page.set_content(html)  # drawn as the page would draw it
+    assert "elsewhere.example" not in " ".join(fetched)
+    assert page.locator("a[href='https://elsewhere.example/p.png']").count() == 1
+    context.close()

