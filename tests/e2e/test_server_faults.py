@@ -525,6 +525,27 @@ def test_non_streaming_client_that_disconnects_frees_its_slot(server, dialect):
     assert health["running"] <= before, f"the abandoned request still runs 5 s after its client left: {health}"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}]}),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi \udfff"}),
+        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}], "stream": False}),
+        ("/api/generate", {"model": MODEL, "prompt": "hi \ud800", "stream": False}),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_in_the_routes_dialect(server, path, body):
+    """JSON can spell a lone UTF-16 surrogate ("\\ud800"), which is no character: a 400 JSON error saying so
+    (it was a text/plain 500), and the server goes on."""
+    raw = json.dumps(body)  # ensure_ascii keeps the escape as the client sends it
+    reply = httpx.post(f"{server}{path}", content=raw, headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    message = error["message"] if path.startswith("/v1") else error
+    assert "lone surrogate" in message
+    assert _health(server)["status"] == "ok"
+
+
 # -- SIGTERM mid-stream (last: it stops the module's server)
 
 
@@ -569,24 +590,3 @@ def test_sigterm_stops_the_server_mid_stream(served):
     assert "Traceback" not in output, output
     print(f"\nstopped {stopped:.1f} s after SIGTERM (exit code {code}); stream ended with {error!r}")
     assert not any('"finish_reason": "length"' in line for line in received)  # it was still generating
-
-
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}]}),
-        ("/v1/completions", {"model": MODEL, "prompt": "hi \udfff"}),
-        ("/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}], "stream": False}),
-        ("/api/generate", {"model": MODEL, "prompt": "hi \ud800", "stream": False}),
-    ],
-)
-def test_a_lone_surrogate_is_a_400_in_the_routes_dialect(server, path, body):
-    """JSON can spell a lone UTF-16 surrogate ("\\ud800"), which is no character: a 400 JSON error saying so
-    (it was a text/plain 500), and the server goes on."""
-    raw = json.dumps(body)  # ensure_ascii keeps the escape as the client sends it
-    reply = httpx.post(f"{server}{path}", content=raw, headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
-    assert reply.status_code == 400, reply.text
-    error = reply.json()["error"]
-    message = error["message"] if path.startswith("/v1") else error
-    assert "lone surrogate" in message
-    assert _health(server)["status"] == "ok"
