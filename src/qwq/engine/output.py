@@ -87,13 +87,22 @@ class Completion:
         self.rolled_back = 0
         self.finish_reason: str | None = None
         self.error: str | None = None
-        self.reasoning = ""
-        self.answer = ""
+        self._reasoning: list[str] = []  # pieces, joined when read: no per-token copy of the whole reply
+        self._answer: list[str] = []
         self.notices: list[Notice] = []
         self.report: dict[str, Any] = {}
-        self._text = ""  # the engine's text so far, before the split
+        self._parts: list[str] = []  # the engine's text so far, before the split
+        self._length = 0
         self._started = time.perf_counter()
         self._first_token = self._last_token = self._started
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self._answer)
 
     @property
     def text(self) -> str:
@@ -126,7 +135,7 @@ class Completion:
                 self.token_ids[output.start :] = output.new_ids
                 piece = Piece(events=list(output.events), notices=list(output.notices))
                 self.notices += output.notices
-                if output.text_start < len(self._text):
+                if output.text_start < self._length:
                     self._retract(output.text_start, piece)
                 self._add(self._splitter.push(output.text), output.text, piece)
                 if output.finish_reason is not None:
@@ -146,23 +155,26 @@ class Completion:
             self.close()
 
     def _add(self, delta: Delta, text: str, piece: Piece) -> None:
-        self._text += text
-        self.reasoning += delta.reasoning
-        self.answer += delta.answer
+        self._parts.append(text)
+        self._length += len(text)
+        self._reasoning.append(delta.reasoning)
+        self._answer.append(delta.answer)
         piece.reasoning += delta.reasoning
         piece.answer += delta.answer
 
     def _retract(self, keep: int, piece: Piece) -> None:
         """Text taken back by a rollback: the split made again from the text kept."""
-        self._text = self._text[:keep]
+        text = "".join(self._parts)[:keep]
+        self._parts, self._length = [text], len(text)
         self._splitter = ReasoningSplitter(*self._style)
-        kept = self._splitter.push(self._text)
-        same_reasoning = len(os.path.commonprefix([self.reasoning, kept.reasoning]))
-        same_answer = len(os.path.commonprefix([self.answer, kept.answer]))
-        piece.retracted_reasoning = len(self.reasoning) - same_reasoning
-        piece.retracted_answer = len(self.answer) - same_answer
+        kept = self._splitter.push(text)
+        reasoning, answer = self.reasoning, self.answer
+        same_reasoning = len(os.path.commonprefix([reasoning, kept.reasoning]))
+        same_answer = len(os.path.commonprefix([answer, kept.answer]))
+        piece.retracted_reasoning = len(reasoning) - same_reasoning
+        piece.retracted_answer = len(answer) - same_answer
         piece.reasoning, piece.answer = kept.reasoning[same_reasoning:], kept.answer[same_answer:]
-        self.reasoning, self.answer = kept.reasoning, kept.answer
+        self._reasoning, self._answer = [kept.reasoning], [kept.answer]
 
     def close(self) -> None:
         close = getattr(self._outputs, "close", None)
