@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 
 from qwq.backend import prepare
 from qwq.config import GenerationDefaults, ModelConfig
-from qwq.engine.engine import Engine
+from qwq.engine.engine import Engine, SequenceOutput
 from qwq.engine.output import Completion
 from qwq.engine.reasoning_split import ReasoningFormat, detect_format
 from qwq.engine.request import (
@@ -231,6 +231,37 @@ class Model:
         else:
             outputs, release = Engine(self.network, self.tokenizer, size, max_batch=1).stream(request), None
         return Completion(outputs, request, self.splitter_args(request), on_close=release)
+
+    def complete_batch(
+        self, requests: Sequence[Request], max_batch: int | None = None
+    ) -> Iterator[tuple[int, Completion]]:
+        """Run `requests` together on an engine of their own (continuous batching, at most `max_batch` at once,
+        the rest waiting): yields (index into `requests`, finished Completion, already read to its end) as each
+        one ends. Closing the iterator early aborts what is still running."""
+        if not requests:
+            return
+        self._require_weights()
+        size = max(len(r.prompt_ids) + r.params.max_tokens for r in requests)
+        slots = max(1, min(max_batch or len(requests), len(requests)))
+        engine = Engine(self.network, self.tokenizer, size, max_batch=slots, max_waiting=len(requests))
+        engine.add(requests)
+        by_id = {r.request_id: (i, r) for i, r in enumerate(requests)}
+        collected: dict[int, list[SequenceOutput]] = {r.request_id: [] for r in requests}
+        try:
+            while collected:
+                for output in engine.step():
+                    collected[output.request_id].append(output)
+                    if output.finish_reason is not None:
+                        index, request = by_id[output.request_id]
+                        outputs = collected.pop(output.request_id)
+                        completion = Completion(iter(outputs), request, self.splitter_args(request))
+                        for _ in completion.pieces():  # it is finished: split its text now
+                            pass
+                        yield index, completion
+        finally:
+            for request_id in collected:
+                engine.abort(request_id)
+            engine.step_aborts()
 
     def splitter_args(self, request: Request) -> tuple[str, bool]:
         """How a request's reply is split: as the model reasons, or not at all when it asks for inline text."""
