@@ -61,6 +61,11 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
+        if self.num_attention_heads * self.head_dim != self.hidden_size:
+            raise ModelLoadError(
+                f"num_attention_heads ({self.num_attention_heads}) × head_dim ({self.head_dim}) must equal "
+                f"hidden_size ({self.hidden_size})"
+            )
         if self.head_dim % 2:
             raise ModelLoadError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not 0 < self.rms_norm_eps < math.inf or not 0 < self.rope_theta < math.inf:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,7 @@ from qwq.engine.request import (
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
 from qwq.reasoning.guard_protocol import Guard
-from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove
+from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove, resolve
 
 DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
 _GUARD_HELP = "a safety guard for prompts and replies: a policy .toml file, or a guard model (name or path)"
@@ -77,13 +78,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=_MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=11435)
-    serve.add_argument("--api-key", default=os.environ.get("QWQ_API_KEY"), help="require this bearer key (QWQ_API_KEY)")
+    serve.add_argument("--api-key", help="require this bearer key (seen in `ps`: prefer --api-key-file, QWQ_API_KEY)")
+    serve.add_argument("--api-key-file", type=Path, help="require the bearer key written in this file")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="also answer requests whose Host is this name ('.example.com' for a domain, '*' for any)",
+    )
+    serve.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds a request's headers or each body chunk may take"
+    )
     serve.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (KV-cache slots)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
     serve.add_argument("--guard", help=_GUARD_HELP)
     _add_load_options(serve)
+    check = commands.add_parser("check", help="read every tensor of a checkpoint and scan it for NaN and infinities")
+    check.add_argument("model", help=_MODEL_HELP)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
     bench.add_argument("model", help=_MODEL_HELP)
     bench.add_argument("--prompt-tokens", type=int, default=512)
@@ -285,10 +298,14 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from qwq.server.run import serve
+    from qwq.server.run import check_port_free, serve
 
     if args.max_batch < 1 or args.max_queue < 0:
         raise InvalidRequestError("--max-batch must be at least 1 and --max-queue at least 0")
+    if not 0 < args.read_timeout < float("inf"):
+        raise InvalidRequestError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout:g}")
+    api_key = _api_key(args)
+    check_port_free(args.host, args.port)  # before the model loads, not after a minute of it
     started = time.perf_counter()
     guard = _guard(args)
     model = _load(args)
@@ -301,11 +318,53 @@ def _serve(args: argparse.Namespace) -> int:
         guard=guard,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        api_key=api_key,
         cors_origins=args.cors_origin,
+        allowed_hosts=args.allowed_host,
+        read_timeout=args.read_timeout,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
     )
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The bearer key: --api-key-file, else --api-key (with a warning: other users see it in `ps`), else
+    QWQ_API_KEY."""
+    if args.api_key_file is not None and args.api_key is not None:
+        raise InvalidRequestError("give the key once: --api-key or --api-key-file, not both")
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"--api-key-file {args.api_key_file}: cannot be read ({exc})") from None
+        if not key or "\n" in key:
+            raise InvalidRequestError(f"--api-key-file {args.api_key_file}: must hold the key on one line")
+        return key
+    if args.api_key is not None:
+        print(
+            "warning: --api-key is visible to every user of this machine (ps); prefer --api-key-file or QWQ_API_KEY",
+            file=sys.stderr,
+        )
+        return args.api_key
+    return os.environ.get("QWQ_API_KEY") or None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from qwq.weights.check import check_checkpoint
+
+    path = resolve(args.model)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(f"checking {path.name}", total=None)
+        report = check_checkpoint(path, lambda done, total: progress.update(task, completed=done, total=total or None))
+    for name, count in report.bad:
+        print(f"error: {path}: tensor {name!r} holds {count} NaN or infinite values", file=sys.stderr)
+    verdict = "no NaN or infinite values" if report.ok else f"{len(report.bad)} tensors hold NaN or infinite values"
+    print(f"{path}: {report.tensors} tensors, {report.values:,} values read in {report.seconds:.1f} s: {verdict}")
+    return 0 if report.ok else 1
 
 
 def _rm(args: argparse.Namespace) -> int:
@@ -367,7 +426,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO if args.command == "pull" else logging.WARNING, format="%(message)s")
-    commands = {"run": _run, "pull": _pull, "list": _list, "show": _show, "rm": _rm, "serve": _serve, "bench": _bench}
+    commands = {
+        "run": _run,
+        "pull": _pull,
+        "list": _list,
+        "show": _show,
+        "rm": _rm,
+        "serve": _serve,
+        "bench": _bench,
+        "check": _check,
+    }
     try:
         return commands[args.command](args)
     except QwqError as exc:

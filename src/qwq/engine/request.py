@@ -196,15 +196,16 @@ class GenerationParams:
         if self.context_length is not None:
             if self.context_length > loaded_context:
                 raise ContextLengthError(
-                    f"num_ctx {self.context_length} exceeds the loaded context of {loaded_context} tokens "
+                    f"context_length {self.context_length} exceeds the loaded context of {loaded_context} tokens "
                     "(load the model with a larger context: --ctx)",
-                    field="num_ctx",
+                    field="context_length",
                 )
             context = self.context_length
         room = context - prompt_length
         if room < 1:
             raise ContextLengthError(
-                f"the prompt ({prompt_length} tokens) leaves no room in the context of {context} tokens"
+                f"the prompt ({prompt_length} tokens) leaves no room in the context of {context} tokens",
+                field="prompt",
             )
         if self.max_tokens is not None and self.max_tokens > room:
             raise ContextLengthError(
@@ -261,10 +262,12 @@ def check_prompt(prompt_ids: Sequence[int], vocab_size: int) -> list[int]:
     try:
         ids = [operator.index(i) for i in prompt_ids]  # ints, numpy ints and 0-d integer tensors
     except TypeError:
-        raise InvalidRequestError(f"prompt token ids must be integers, got {list(prompt_ids)[:5]!r}") from None
+        raise InvalidRequestError(
+            f"prompt token ids must be integers, got {list(prompt_ids)[:5]!r}", field="prompt"
+        ) from None
     if not ids:
-        raise InvalidRequestError("the prompt is empty: give at least one token")
+        raise InvalidRequestError("the prompt is empty: give at least one token", field="prompt")
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}")
+        raise InvalidRequestError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}", field="prompt")
     return ids

@@ -160,11 +160,16 @@ class ReasoningControls:
         details = {"onset": onset, "period": period, "pattern": kind, "tokens_cut": cut}
         if self.loop_action == "recover" and self.in_reasoning and self._cued is None:
             self._cue(sequence, "loop")
-            sequence.notify("loop", f"loop detected ({kind}, period {period}) — {cut} tokens cut — answering",
-                            action="recovered", **details)
+            sequence.notify(
+                "loop",
+                f"loop detected ({kind}, period {period}) — {cut} tokens cut — answering",
+                action="recovered",
+                **details,
+            )
             return
-        sequence.notify("loop", f"loop detected ({kind}, period {period}) — {cut} tokens cut — stopped",
-                        action="stopped", **details)
+        sequence.notify(
+            "loop", f"loop detected ({kind}, period {period}) — {cut} tokens cut — stopped", action="stopped", **details
+        )
         sequence.finish("loop")
 
     def _thinking(self, sequence: SequenceState) -> bool:
@@ -219,8 +224,12 @@ class ReasoningControls:
             return False
         # the blocked text may have begun in the chunk before (a phrase across the boundary): both are cut
         sequence.rollback(sequence.num_output - min(before, sequence.num_output))
-        sequence.notify("content_filter", f"reply blocked by the guard: {verdict.category}",
-                        category=verdict.category, reason=verdict.reason)
+        sequence.notify(
+            "content_filter",
+            f"reply blocked by the guard: {verdict.category}",
+            category=verdict.category,
+            reason=verdict.reason,
+        )
         sequence.finish("content_filter")
         return True
 

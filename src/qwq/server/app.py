@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,165 +13,72 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from qwq import __version__
 from qwq.errors import QwqError, ServerBusyError
 from qwq.server import ollama_routes, openai_routes, web_routes
+from qwq.server.edge import BrowserGuard, ReadBody, RequireKey, SecurityHeaders
+from qwq.server.error_shape import error_response
 from qwq.server.service import Service
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 << 20  # 4 MiB: far above any prompt that fits a 32k context
-RETRY_AFTER_S = "2"
-_GUARDED_PREFIXES = ("/v1", "/api", "/ui")  # every API route; the page's static files and /health stay open
-
-
-def _error(
-    request: Request,
-    status: int,
-    message: str,
-    field: str | None = None,
-    kind: str | None = None,
-    code: str | None = None,
-) -> JSONResponse:
-    """OpenAI's error object on /v1, Ollama's {"error": ...} elsewhere."""
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    if request.url.path.startswith("/v1"):
-        error_type = kind or ("invalid_request_error" if status < 500 else "server_error")
-        body: dict[str, Any] = {"error": {"message": message, "type": error_type, "param": field, "code": code}}
-    else:
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+BODY_TIMEOUT_S = 30.0  # each chunk of a request body must arrive within this (a stalled upload gets 408)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    field = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return f"request body is not valid JSON: {first.get('msg')}", None
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return "the request body is empty: send a JSON object", None
+    field = _field_path(first.get("loc", ())[1:], exc.body, missing=first.get("type") == "missing")
     return f"{field or 'body'}: {first.get('msg')}", field
 
 
-class _BodyLimit:
-    """Pure ASGI middleware: refuse bodies larger than `limit` bytes, declared or streamed; read every POST
-    body as JSON."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if scope["method"] == "POST" and b"json" not in headers.get(b"content-type", b""):
-            # ollama reads every body as JSON whatever its content type (curl -d sends a form type)
-            scope = {
-                **scope,
-                "headers": [
-                    *((k, v) for k, v in scope["headers"] if k != b"content-type"),
-                    (b"content-type", b"application/json"),
-                ],
-            }
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(scope, send)
-
-    async def _refuse(self, scope, send) -> None:
-        path = scope.get("path", "")
-        message = f"request body exceeds {self.limit} bytes"
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-        payload = json.dumps(body if path.startswith("/v1") else {"error": message}).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": payload})
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _RequireKey:
-    """Pure ASGI middleware: the API routes need `Authorization: Bearer KEY`. (Not Starlette's
-    `@app.middleware`, whose wrapper hides a client's disconnect from the routes behind it.)"""
-
-    def __init__(self, app, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(_GUARDED_PREFIXES):
-            return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if secrets.compare_digest(given, self.expected):
-            return await self.app(scope, receive, send)
-        response = _error(
-            Request(scope),
-            401,
-            "missing or wrong API key (send 'Authorization: Bearer KEY')",
-            kind="authentication_error",
-        )
-        await response(scope, receive, send)
-
-
-# the page loads only its own files; images only from itself or data: URLs (a model's remote image link is
-# drawn as a link, never fetched); nothing may frame it
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
-
-
-class _SecurityHeaders:
-    """Pure ASGI middleware: every response carries the page's Content-Security-Policy and nosniff."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+def _field_path(location: tuple, body: Any, missing: bool) -> str | None:
+    """The client's field path ("messages[0].content") from a validation error's location, dropping the
+    parts pydantic adds for the members of a union ("bool", "literal[...]"): a part is kept only while it is
+    a key or index of the body as sent (or, for a missing field, the last part)."""
+    path, value, last = "", body, len(location) - 1
+    for index, part in enumerate(location):
+        if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            path, value = f"{path}[{part}]", value[part]
+        elif isinstance(value, dict) and isinstance(part, str) and (part in value or missing and index == last):
+            path = f"{path}.{part}" if path else part
+            value = value.get(part)
+        else:
+            break
+    return path or None
 
 
 def create_app(
-    service: Service, api_key: str | None = None, cors_origins: list[str] | None = None, max_body: int = MAX_BODY_BYTES
+    service: Service,
+    api_key: str | None = None,
+    cors_origins: list[str] | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    *,
+    bound_host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
-    app = FastAPI(title="qwq", docs_url=None, redoc_url=None, openapi_url=None)
+    """The app, its routes behind the edge (outermost first): security headers, the browser guard (Host and
+    Origin), the body reader (size, time, Unicode), CORS for the allowed origins, the API key."""
+    app = FastAPI(title="qwq", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.service = service
     app.state.model_names = {service.name, *service.aliases}
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
-        return _error(request, 400, message, field)
+        return error_response(request.url.path, 400, message, field)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "request body is not valid JSON (or not UTF-8)"
-        return _error(request, exc.status_code, detail)
+        return error_response(request.url.path, exc.status_code, detail)
 
     @app.exception_handler(QwqError)
     async def refused(request: Request, exc: QwqError) -> JSONResponse:
@@ -181,8 +87,15 @@ def create_app(
             field = str(exc).split(":", 1)[0]
         kind = "model_not_found" if exc.http_status == 404 else None
         if isinstance(exc, ServerBusyError):
-            return _error(request, 503, str(exc), kind="server_busy")
-        return _error(request, exc.http_status, str(exc), field, kind, exc.code)
+            return error_response(request.url.path, 503, str(exc), kind="server_busy")
+        return error_response(request.url.path, exc.http_status, str(exc), field, kind, exc.code)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        """The last net: a bug answers a JSON 500 naming the error's kind, never text/plain or a traceback."""
+        logger.exception("internal error on %s %s", request.method, request.url.path)
+        message = f"internal server error ({type(exc).__name__}); the server log has the details"
+        return error_response(request.url.path, 500, message)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -194,9 +107,12 @@ def create_app(
     app.include_router(web_routes.router)
     app.mount("/", web_routes.static_files(), name="web")
     if api_key:
-        app.add_middleware(_RequireKey, api_key=api_key)
+        app.add_middleware(RequireKey, api_key=api_key)
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
-    app.add_middleware(_BodyLimit, limit=max_body)
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(ReadBody, limit=max_body, timeout=body_timeout)
+    app.add_middleware(
+        BrowserGuard, bound_host=bound_host, allowed_hosts=allowed_hosts or (), cors_origins=cors_origins or ()
+    )
+    app.add_middleware(SecurityHeaders)
     return app

@@ -13,28 +13,36 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from qwq.engine.output import Piece
 from qwq.engine.request import LanguageParams, ReasoningParams
+from qwq.server.protocol import RequestBody
 
 # reasoning effort -> thinking budget in tokens (None: no budget); QwQ's replies to hard problems run to ~8k
 EFFORT_BUDGETS: dict[str, int | None] = {"low": 1024, "medium": 4096, "high": None}
 
 
-class RepetitionDetection(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # vLLM's tuning fields are accepted and left to our detector
+# the reasoning controls' fields in the one request type, under the names of these request fields
+CONTROL_NAMES = {
+    "max_thinking_tokens": "thinking_token_budget",
+    "loop": "repetition_detection.action",
+    "language": "language_guard.language",
+}
+
+
+class RepetitionDetection(RequestBody):
     action: Literal["recover", "stop", "off"] = "recover"
 
 
-class LanguageGuardField(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LanguageGuardField(RequestBody):
+    model_config = ConfigDict(strict=True, extra="forbid")
     mode: Literal["off", "warn", "enforce"] = "warn"
     language: str | None = None
     scope: Literal["reasoning", "answer", "both"] = "both"
 
 
-class ControlFields(BaseModel):
+class ControlFields(RequestBody):
     """Mixed into both dialects' request bodies."""
 
     repetition_detection: RepetitionDetection | None = None

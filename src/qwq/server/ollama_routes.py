@@ -11,20 +11,32 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from qwq import __version__
 from qwq.engine.output import Piece
 from qwq.engine.request import GenerationParams
-from qwq.errors import ModelNotFoundError
-from qwq.server.control_fields import ControlFields, progress_fields, report_fields
+from qwq.errors import InvalidRequestError, ModelNotFoundError
+from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
+from qwq.server.error_shape import client_names
+from qwq.server.protocol import RequestBody
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/api")
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+# the one request type's fields under Ollama's names (errors say what the client sent)
+OPTION_NAMES = {
+    "max_tokens": "options.num_predict",
+    "context_length": "options.num_ctx",
+    "repetition_penalty": "options.repeat_penalty",
+    "max_thinking_tokens": "options.think_budget",
+    **{name: f"options.{name}" for name in ("temperature", "top_p", "top_k", "min_p", "seed", "stop")},
+    **{name: f"options.{name}" for name in ("presence_penalty", "frequency_penalty")},
+}
+
+
+class Options(RequestBody):
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
@@ -62,14 +74,12 @@ class Options(BaseModel):
         )
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Message(RequestBody):
     role: str
     content: str = ""
 
 
 class ChatRequest(ControlFields):
-    model_config = ConfigDict(extra="ignore")
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = True
@@ -78,7 +88,6 @@ class ChatRequest(ControlFields):
 
 
 class GenerateRequest(ControlFields):
-    model_config = ConfigDict(extra="ignore")
     model: str
     prompt: str = ""
     system: str | None = None
@@ -88,8 +97,7 @@ class GenerateRequest(ControlFields):
     think: bool | Literal["low", "medium", "high"] | None = None
 
 
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ShowRequest(RequestBody):
     model: str | None = None
     name: str | None = None  # older clients
 
@@ -97,7 +105,7 @@ class ShowRequest(BaseModel):
 def _service(request: Request, model: str) -> Service:
     service: Service = request.app.state.service
     if model not in request.app.state.model_names:
-        raise ModelNotFoundError(f"model '{model}' not found; this server runs '{service.name}'")
+        raise ModelNotFoundError(f"model '{model}' not found; this server runs '{service.name}'", field="model")
     return service
 
 
@@ -131,7 +139,9 @@ async def _answer(
     """Submit now (bad requests fail before a response starts), then answer with NDJSON lines (stream) or one
     object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
     otherwise it stays inline in the text, as ollama does."""
-    (handle,) = service.submit(prompt, [body.options.params(body)])
+    prompt_name = "messages" if isinstance(body, ChatRequest) else "prompt"
+    with client_names({**CONTROL_NAMES, **OPTION_NAMES, "prompt": prompt_name}):
+        (handle,) = service.submit(prompt, [body.options.params(body)])
 
     def message(text: str, thinking: str, **fields: Any) -> dict[str, Any]:
         return {"model": model, "created_at": _now(), **shape(text, thinking), **fields}
@@ -242,7 +252,9 @@ def version() -> dict[str, str]:
 
 @router.post("/show")
 def show(body: ShowRequest, request: Request) -> dict[str, Any]:
-    service = _service(request, body.model or body.name or "")
+    if not (body.model or body.name):
+        raise InvalidRequestError("model: required (the name of the model to show; GET /api/tags lists them)")
+    service = _service(request, body.model or body.name)
     model = service.model
     config = model.config
     defaults = model.generation_defaults
@@ -269,7 +281,7 @@ def show(body: ShowRequest, request: Request) -> dict[str, Any]:
     }
     capabilities = ["completion"] + (["thinking"] if service.model.reasoning.reasons else [])
     return {
-        "modelfile": f"FROM {model.source}",
+        "modelfile": f"FROM {service.name}",  # the store's name: the file's path is the server's business
         "parameters": parameters,
         "template": model.tokenizer.chat_template or "",
         "details": _details(service),

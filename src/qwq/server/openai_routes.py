@@ -11,24 +11,25 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from qwq.engine.output import Piece
 from qwq.engine.request import SEED_RANGE, GenerationParams
 from qwq.errors import InvalidRequestError, ModelNotFoundError
-from qwq.server.control_fields import ControlFields, progress_fields, report_fields
+from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
+from qwq.server.error_shape import client_names
+from qwq.server.protocol import RequestBody
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 
 router = APIRouter(prefix="/v1")
 
 
-class ContentPart(BaseModel):
+class ContentPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
 
@@ -37,12 +38,11 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
 class SamplingFields(ControlFields):
-    model_config = ConfigDict(extra="ignore")
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -92,7 +92,9 @@ class CompletionRequest(SamplingFields):
 def _service(request: Request, model: str) -> Service:
     service: Service = request.app.state.service
     if model not in request.app.state.model_names:
-        raise ModelNotFoundError(f"model {model!r} is not served here; GET /v1/models lists {service.name!r}")
+        raise ModelNotFoundError(
+            f"model {model!r} is not served here; GET /v1/models lists {service.name!r}", field="model"
+        )
     return service
 
 
@@ -150,8 +152,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     service = _service(request, body.model)
     messages = [m.as_template_message() for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     top = (body.top_logprobs or 0) if body.logprobs else None
-    handles = service.submit(messages, [body.params(max_tokens, top, index) for index in range(body.n)])
+    names = {**CONTROL_NAMES, "prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_tokens_name}
+    with client_names(names):
+        handles = service.submit(messages, [body.params(max_tokens, top, index) for index in range(body.n)])
     prompt_tokens = len(handles[0].request.prompt_ids)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": completion_id, "created": created, "model": body.model}
@@ -234,8 +239,9 @@ def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[st
 async def completions(body: CompletionRequest, request: Request):
     service = _service(request, body.model)
     if not body.prompt:
-        raise InvalidRequestError("prompt: must not be empty")
-    handles = service.submit(body.prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
+        raise InvalidRequestError("prompt: must not be empty", field="prompt")
+    with client_names(CONTROL_NAMES):
+        handles = service.submit(body.prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
     prompt_tokens = len(handles[0].request.prompt_ids)
     base = {
         "id": f"cmpl-{uuid.uuid4().hex}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -12,13 +13,33 @@ import uvicorn
 from qwq.api import Model
 from qwq.engine.background import EngineThread
 from qwq.engine.engine import Engine
+from qwq.errors import InvalidRequestError
 from qwq.reasoning.guard_protocol import Guard
 from qwq.server.app import create_app
+from qwq.server.connection import HEADER_TIMEOUT_S, KEEP_ALIVE_S, TimedH11Protocol
 from qwq.server.service import Service
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 2
+MAX_CONNECTIONS = 512  # beyond this many open connections uvicorn answers 503 at once
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a busy or impossible address before the model loads (not after a minute of loading)."""
+    if not 0 < port < 65536:
+        raise InvalidRequestError(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidRequestError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 class _Server(uvicorn.Server):
@@ -44,6 +65,8 @@ def serve(
     port: int,
     api_key: str | None,
     cors_origins: list[str],
+    allowed_hosts: list[str],
+    read_timeout: float,
     max_batch: int,
     max_queue: int,
 ) -> int:
@@ -53,13 +76,30 @@ def serve(
     served = Path(name).stem if Path(name).suffix == ".gguf" else name
     aliases = tuple({name, served, f"{served}:latest"} - {served})
     service = Service(model, engine, served, guard=guard, aliases=aliases, load_seconds=load_seconds)
-    app = create_app(service, api_key=api_key, cors_origins=cors_origins)
+    app = create_app(
+        service,
+        api_key=api_key,
+        cors_origins=cors_origins,
+        bound_host=host,
+        allowed_hosts=allowed_hosts,
+        body_timeout=read_timeout,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use it", host)
     logger.info(
         "serving %s on http://%s:%d (OpenAI API at /v1, Ollama API at /api, chat page at /)", served, host, port
     )
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    protocol = type("Protocol", (TimedH11Protocol,), {"header_timeout": min(read_timeout, HEADER_TIMEOUT_S)})
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        log_level="warning",
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     try:
         _Server(config, on_exit=lambda: engine.close(wait=False)).run()
     finally:

@@ -7,17 +7,21 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from qwq.server.markdown import render_markdown
+from qwq.server.protocol import RequestBody
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter()
 
 
-class RenderRequest(BaseModel):
-    text: str = Field(description="markdown with TeX math, as the model wrote it")
+MAX_RENDER_CHARS = 1 << 20  # a reply far longer than any context holds; rendering is linear up to it
+
+
+class RenderRequest(RequestBody):
+    text: str = Field(description="markdown with TeX math, as the model wrote it", max_length=MAX_RENDER_CHARS)
 
 
 @router.post("/ui/render")

@@ -127,7 +127,19 @@ def read_header(path: Path) -> tuple[dict[str, Any], list[TensorInfo]]:
                 f"the file has {file_size}"
             )
         tensors.append(info)
+    _check_disjoint(path, tensors)
     return metadata, tensors
+
+
+def _check_disjoint(path: Path, tensors: list[TensorInfo]) -> None:
+    """Refuse tensors whose bytes overlap (a retyped or hand-edited directory): each would read the other's."""
+    ordered = sorted(tensors, key=lambda t: t.offset)
+    for first, second in zip(ordered, ordered[1:], strict=False):
+        if first.offset + first.n_bytes > second.offset:
+            raise ModelLoadError(
+                f"{path}: corrupt: tensor {first.name!r} (bytes {first.offset}..{first.offset + first.n_bytes}) "
+                f"overlaps tensor {second.name!r} (from byte {second.offset})"
+            )
 
 
 def _tensor_entry(cursor: _Cursor) -> tuple[str, list[int], int, int]:

@@ -57,6 +57,17 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtyp
         module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
+def _check_finite(source: str, name: str, tensor: torch.Tensor) -> None:
+    """Norms and biases are scanned as they load (they are small, and a NaN in one poisons every logit);
+    `qwq check` scans the matrices too."""
+    bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+    if bad:
+        raise ModelLoadError(
+            f"{source}: tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}: the checkpoint is "
+            "corrupt (`qwq check` scans every tensor)"
+        )
+
+
 def load_weights(
     model: Qwen2ForCausalLM,
     tensors: Iterable[tuple[str, torch.Tensor | Iterable[torch.Tensor]]],
@@ -83,6 +94,8 @@ def load_weights(
             raise ModelLoadError(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the config expects {expected[name]}"
             )
+        if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
+            _check_finite(source, name, tensor)
         _assign(model, name, tensor, dtype, device)
         del tensor
         if tied and quantized_head and name == EMBEDDING:
