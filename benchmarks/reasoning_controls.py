@@ -81,14 +81,23 @@ def recovery(model: qwq.Model, limit: int, max_tokens: int) -> None:
 
 def budget(model: qwq.Model, budgets: list[int]) -> None:
     print("\n## budget: reasoning length against the budget (answer budget 64)")
-    print(f"{'format':12} {'budget':>6} {'reasoning tokens (per prompt)':>30} {'|error| at budget':>17} "
-          f"{'ended earlier':>13} {'answered':>9}")
+    print(
+        f"{'format':12} {'budget':>6} {'reasoning tokens (per prompt)':>30} {'|error| at budget':>17} "
+        f"{'ended earlier':>13} {'answered':>9}"
+    )
     for fmt, name in ((QWQ_PREVIEW, "qwq-preview"), (THINK, "think")):
         for value in budgets:
             lengths, errors, early, answered = [], [], 0, 0
             for text in BUDGET_PROMPTS:
-                completion = _run(model, text, fmt, max_tokens=value + 200, max_thinking_tokens=value,
-                                  max_answer_tokens=64, loop="off")
+                completion = _run(
+                    model,
+                    text,
+                    fmt,
+                    max_tokens=value + 200,
+                    max_thinking_tokens=value,
+                    max_answer_tokens=64,
+                    loop="off",
+                )
                 thinking = completion.report["thinking"]
                 lengths.append(thinking["tokens"])
                 if thinking["budget_reached"]:
@@ -137,8 +146,10 @@ def before_after(before_src: Path, new_tokens: int, rounds: int) -> None:
         for version, src in (("before", before_src), ("after", ROOT / "src")):
             out = subprocess.run(
                 [sys.executable, "-c", _WORKER, str(new_tokens)],
-                capture_output=True, text=True, check=True, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin",
-                                                                 "HOME": str(Path.home())},
+                capture_output=True,
+                text=True,
+                check=True,
+                env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
             )
             rates[version].append(json.loads(out.stdout.strip().splitlines()[-1]))
     before, after = statistics.median(rates["before"]), statistics.median(rates["after"])

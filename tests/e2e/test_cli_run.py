@@ -73,8 +73,17 @@ def test_thinking_budget_transition_is_shown(gguf_path):
     """With QwQ-Preview's format forced on the small model its whole reply is reasoning (on stderr) until the
     budget cues the answer heading: the terminal says so, and the answer comes on stdout."""
     result = _qwq(
-        "run", str(gguf_path), "--reasoning-format", "qwq-preview", "--temperature", "0",
-        "--think-budget", "32", "--answer-budget", "16", "What is 17 times 23? Explain each step.",
+        "run",
+        str(gguf_path),
+        "--reasoning-format",
+        "qwq-preview",
+        "--temperature",
+        "0",
+        "--think-budget",
+        "32",
+        "--answer-budget",
+        "16",
+        "What is 17 times 23? Explain each step.",
     )
     assert result.returncode == 0, result.stderr
     assert "[thinking budget of 32 tokens reached — answering]" in result.stderr

@@ -85,9 +85,10 @@ def test_a_looping_prompt_recovers_with_an_answer_and_stop_ends_with_loop(client
     assert choice.finish_reason != "length"
     stopped = _chat(client, prompt, max_tokens=1200, repetition_detection={"action": "stop"})
     assert stopped.choices[0].finish_reason == "loop"
-    assert len(stopped.choices[0].message.model_extra["reasoning_content"]) < len(
-        choice.message.model_extra["reasoning_content"]
-    ) + 2000
+    assert (
+        len(stopped.choices[0].message.model_extra["reasoning_content"])
+        < len(choice.message.model_extra["reasoning_content"]) + 2000
+    )
 
 
 def test_language_guard_warns_and_enforces(client):

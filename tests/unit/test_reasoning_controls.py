@@ -106,12 +106,17 @@ def test_a_loop_in_the_reasoning_is_cut_and_the_answer_follows(tiny, fmt, monkey
 
 def test_stop_cuts_the_loop_and_ends_with_finish_reason_loop(tiny, monkeypatch):
     reply = answer_after(HEADING, "42", "Let me think about x.\n" + CYCLE * 40)
-    completion, pieces = run(tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=3000, temperature=0, loop="stop"),
-                             monkeypatch)
+    completion, pieces = run(
+        tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=3000, temperature=0, loop="stop"), monkeypatch
+    )
     assert completion.finish_reason == "loop"
     assert completion.reasoning.count("The sum is 7") == 1 and not completion.answer
-    assert completion.report["loops"] == {"action": "stop", "detected": 1, "recovered": 0,
-                                          "tokens_cut": completion.notices[0].data["tokens_cut"]}
+    assert completion.report["loops"] == {
+        "action": "stop",
+        "detected": 1,
+        "recovered": 0,
+        "tokens_cut": completion.notices[0].data["tokens_cut"],
+    }
     assert streamed_text(pieces) == (completion.reasoning, completion.answer)
 
 
@@ -135,8 +140,7 @@ def test_no_answer_within_its_budget_ends_with_the_cause(tiny, monkeypatch):
 
 def test_loops_off_lets_the_loop_run_to_the_limit(tiny, monkeypatch):
     reply = answer_after(HEADING, "42", "Let me think about x.\n" + CYCLE * 40)
-    completion, _ = run(tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=600, temperature=0, loop="off"),
-                        monkeypatch)
+    completion, _ = run(tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=600, temperature=0, loop="off"), monkeypatch)
     assert completion.finish_reason == "length" and not completion.notices and completion.report == {}
 
 
@@ -186,8 +190,7 @@ def test_a_reply_that_closes_its_reasoning_early_is_made_to_go_on(tiny, monkeypa
 
 def test_reasoning_params_are_checked_by_name():
     with pytest.raises(InvalidRequestError, match="min_thinking_tokens"):
-        GenerationParams.of(reasoning=ReasoningParams(min_thinking_tokens=9,
-                                                                             max_thinking_tokens=5))
+        GenerationParams.of(reasoning=ReasoningParams(min_thinking_tokens=9, max_thinking_tokens=5))
     with pytest.raises(InvalidRequestError, match="repetition_detection.action"):
         ReasoningParams(loop="sometimes")
     with pytest.raises(InvalidRequestError, match="language_guard.mode"):
@@ -230,8 +233,9 @@ def test_the_language_guard_keeps_a_chinese_question_answered_in_english(model):
     warned = model.chat(question, stream=True, max_new_tokens=24, temperature=0, language_guard="warn", language="en")
     list(warned.pieces())
     assert warned.report["language"]["foreign_letters"] > 0, "the unguarded reply should be in Chinese"
-    enforced = model.chat(question, stream=True, max_new_tokens=24, temperature=0, language_guard="enforce",
-                          language="en")
+    enforced = model.chat(
+        question, stream=True, max_new_tokens=24, temperature=0, language_guard="enforce", language="en"
+    )
     list(enforced.pieces())
     allowed = frozenset({"latin"})
     assert mixing(enforced.text, allowed)[0] == 0 and enforced.report["language"]["foreign_letters"] == 0
@@ -273,8 +277,9 @@ def test_a_blocked_prompt_is_refused_before_anything_runs(tiny, policy):
 def test_a_blocked_reply_is_cut_and_ends_with_content_filter(tiny, policy, monkeypatch):
     harmless = "".join(f"Line {i} of a harmless story. " for i in range(6))
     reply = answer_after(HEADING, "", harmless + "Now here is how to build a pipe bomb: first take a long pipe. ")
-    completion, pieces = run(tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=800, temperature=0, loop="off"),
-                             monkeypatch, guard=policy)
+    completion, pieces = run(
+        tiny, QWQ_PREVIEW, reply, tiny.params(max_tokens=800, temperature=0, loop="off"), monkeypatch, guard=policy
+    )
     assert completion.finish_reason == "content_filter"
     assert "pipe bomb" not in completion.text and completion.text.startswith("Line 0")
     assert completion.report["guard"] == {"blocked": "weapons"}

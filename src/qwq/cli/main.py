@@ -19,7 +19,9 @@ import torch
 from qwq import __version__
 from qwq.api import Model, load
 from qwq.benchmark import run_benchmark
+from qwq.cli.eval_command import add_eval_parser, run_eval_command
 from qwq.cli.info import format_rows, info_rows, parameter_rows
+from qwq.cli.loading import add_load_options, load_model
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
 from qwq.engine.reasoning_split import STYLES, ReasoningFormat
 from qwq.engine.request import (
@@ -35,7 +37,6 @@ from qwq.local_models import DEFAULT_MODEL
 from qwq.reasoning.guard_protocol import Guard
 from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove, resolve
 
-DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
 _GUARD_HELP = "a safety guard for prompts and replies: a policy .toml file, or a guard model (name or path)"
 _MODEL_HELP = f"a name such as {DEFAULT_MODEL} or qwq, hf.co/OWNER/REPO, a .gguf file or an HF checkpoint directory"
 
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", action="store_true", help="print timings and token rates after each answer")
     _add_control_options(run)
-    _add_load_options(run)
+    add_load_options(run)
     pull_command = commands.add_parser("pull", help="download and verify models")
     pull_command.add_argument("names", nargs="+", metavar="MODEL", help="names such as qwq or hf.co/OWNER/REPO")
     commands.add_parser("list", help="list the models in the local store")
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
     serve.add_argument("--guard", help=_GUARD_HELP)
-    _add_load_options(serve)
+    add_load_options(serve)
     check = commands.add_parser("check", help="read every tensor of a checkpoint and scan it for NaN and infinities")
     check.add_argument("model", help=_MODEL_HELP)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
@@ -103,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=128)
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    _add_load_options(bench)
+    add_load_options(bench)
+    add_eval_parser(commands)
     return parser
 
 
@@ -122,52 +124,6 @@ def _add_control_options(command: argparse.ArgumentParser) -> None:
     group.add_argument("--language", metavar="CODE", help="the language guard's language (default: the prompt's)")
     group.add_argument("--language-scope", choices=LANGUAGE_SCOPES, help="reasoning, answer or both (default)")
     group.add_argument("--guard", help=_GUARD_HELP)
-
-
-def _add_load_options(command: argparse.ArgumentParser) -> None:
-    """Load-time choices, shared by every command that loads a model."""
-    command.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    command.add_argument("--device")
-    command.add_argument("--quant", choices=["int8", "int4"], help="weight-only quantization (CPU)")
-    command.add_argument("--quant-group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
-    command.add_argument("--threads", type=int, help="CPU threads (default: all cores torch sees)")
-    command.add_argument("--ctx", type=int, help=f"context length (default: the model's, at most {DEFAULT_CONTEXT})")
-
-
-def _load(args: argparse.Namespace) -> Model:
-    """Load with a progress bar on a terminal; refused up front (with a hint) when it will not fit."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidRequestError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.ctx is not None and args.ctx < 1:
-        raise InvalidRequestError(f"--ctx must be a positive number of tokens, got {args.ctx}")
-    options = {
-        "dtype": args.dtype,
-        "device": args.device,
-        "quant": args.quant,
-        "quant_group_size": args.quant_group_size,
-    }
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("loading {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tensors"),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(args.model, total=None)
-        return load(
-            args.model,
-            **options,
-            context_length=args.ctx,
-            default_context_length=DEFAULT_CONTEXT,  # laptop-sized KV cache unless --ctx says otherwise
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
 
 
 _FLAG_NAMES = {
@@ -235,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     params = _params(args)
     started = time.perf_counter()
     guard = _guard(args)
-    model = _load(args)
+    model = load_model(args)
     load_seconds = time.perf_counter() - started
     settings = ChatSettings(
         params=params, system=args.system, verbose=args.verbose, hide_reasoning=args.hide_reasoning, guard=guard
@@ -308,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port)  # before the model loads, not after a minute of it
     started = time.perf_counter()
     guard = _guard(args)
-    model = _load(args)
+    model = load_model(args)
     _set_reasoning_format(args, model)
     logging.getLogger("qwq").setLevel(logging.INFO)
     return serve(
@@ -381,7 +337,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     with console.status(f"loading {args.model}"):
-        model = _load(args)
+        model = load_model(args)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("generating", total=args.repeats * (args.new_tokens + 1))
         result = run_benchmark(
@@ -435,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve,
         "bench": _bench,
         "check": _check,
+        "eval": run_eval_command,
     }
     try:
         return commands[args.command](args)

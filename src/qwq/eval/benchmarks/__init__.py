@@ -1,0 +1,1 @@
+"""The benchmarks, one small file per family, and their registry (`registry.load_dataset`)."""
