@@ -21,6 +21,7 @@ import torch
 from qwq.backend import prepare
 from qwq.config import GenerationDefaults, ModelConfig
 from qwq.engine.engine import Engine, SequenceOutput
+from qwq.engine.grammar import GrammarConstraint
 from qwq.engine.output import Completion
 from qwq.engine.reasoning_split import ReasoningFormat, detect_format
 from qwq.engine.request import (
@@ -32,6 +33,8 @@ from qwq.engine.request import (
     TokenHook,
     check_prompt,
 )
+from qwq.engine.structured import StructuredOutput
+from qwq.engine.tool_choice import Tool, ToolChoice, check_tools
 from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError, ModelLoadError
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
@@ -145,7 +148,9 @@ class Model:
         """The Python API's translation into the one request type: HF's `max_new_tokens` is `max_tokens`; the
         reasoning controls are keywords too: `loop="recover"|"stop"|"off"`, `max_thinking_tokens`,
         `min_thinking_tokens`, `max_answer_tokens`, `language_guard="warn"|"enforce"` (with `language="en"`,
-        `language_scope=`), `guard=True|False`."""
+        `language_scope=`), `guard=True|False`; `response_format=` takes OpenAI's object."""
+        if "response_format" in fields:
+            fields["structured"] = StructuredOutput.from_response_format(fields.pop("response_format"))
         controls = {key: fields.pop(key) for key in _CONTROL_KEYWORDS if key in fields}
         if controls:
             language = LanguageParams(
@@ -178,20 +183,24 @@ class Model:
     ) -> Request:
         """An engine request: the prompt checked, the params resolved against this checkpoint's defaults and
         context (the one place defaults are merged), and the reasoning controls the params ask for attached
-        (their processor and hook after the caller's). `messages`: the chat the prompt was made from (the
-        language guard's expected script, the safety guard's context); `guard`: a safety guard to run on the
-        prompt (a block raises ContentFilterError) and on the streamed reply, unless the params switch it off."""
+        (their processor and hook after the caller's), then the grammar of a structured answer. `messages`: the
+        chat the prompt was made from (the language guard's expected script, the safety guard's context);
+        `guard`: a safety guard to run on the prompt (a block raises ContentFilterError) and on the streamed
+        reply, unless the params switch it off."""
         tokenizer = self._require_weights()
         ids = check_prompt(prompt_ids, self.config.vocab_size)
         resolved = params.resolved(self.generation_defaults, len(ids), self.context_length)
         controls = build_controls(
             resolved.reasoning, self.reasoning, tokenizer, self._conversation(ids, messages), guard
         )
-        if controls is None:
-            return Request(ids, resolved, processors, hooks)
-        if controls.needs_processor:
-            processors = (*processors, controls.processor)
-        return Request(ids, resolved, processors, (*hooks, controls.hook), controls=controls)
+        if controls is not None:
+            processors = (*processors, controls.processor) if controls.needs_processor else processors
+            hooks = (*hooks, controls.hook)
+        if resolved.structured is not None:  # the grammar last: it sees the tokens the controls forced
+            vocab, eos = self.config.vocab_size, self.generation_defaults.eos_token_ids
+            grammar = GrammarConstraint(resolved.structured, tokenizer, vocab, eos, self.reasoning)
+            processors, hooks = (*processors, grammar.processor), (*hooks, grammar.hook)
+        return Request(ids, resolved, processors, hooks, controls=controls)
 
     def _conversation(self, ids: list[int], messages: Sequence[Message] | None) -> list[dict[str, str]]:
         if messages is not None:
@@ -199,12 +208,27 @@ class Model:
         return [{"role": "user", "content": self.tokenizer.decode(ids, skip_special_tokens=True)}]
 
     def chat_request(
-        self, messages: Sequence[Message], params: GenerationParams, *, guard: Guard | None = None
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        *,
+        guard: Guard | None = None,
+        tools: Sequence[Tool] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> Request:
-        """The request for the assistant's reply to `messages`: the chat template applied and encoded."""
+        """The request for the assistant's reply to `messages`: the chat template applied (with `tools`,
+        OpenAI's function objects) and encoded; `tool_choice` (OpenAI's) may forbid or force a call."""
         tokenizer = self._require_weights()
-        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        return self.request(prompt_ids, params, messages=messages, guard=guard)
+        tools = check_tools(tools)
+        choice = ToolChoice.of(tool_choice, tools)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools or None)
+        processors, hooks = choice.processors(tools, tokenizer), ()
+        if (call := choice.grammar(tools, tokenizer)) is not None:
+            vocab, eos = self.config.vocab_size, self.generation_defaults.eos_token_ids
+            constraint = GrammarConstraint(call, tokenizer, vocab, eos, self.reasoning)
+            processors, hooks = (constraint.processor,), (constraint.hook,)
+        ids = tokenizer.encode(prompt)
+        return self.request(ids, params, messages=messages, guard=guard, processors=processors, hooks=hooks)
 
     def engine(self, positions: int | None = None) -> Engine:
         """This Model's own single-stream engine (its own KV cache, apart from any server's), with room for

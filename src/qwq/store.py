@@ -111,6 +111,8 @@ def _unknown(name: str) -> ModelLoadError:
 
 def resolve(source: str | Path) -> Path:
     """A local path for a model path or name; a known name not yet pulled is pulled first (as ollama does)."""
+    if not str(source).strip():
+        raise ModelLoadError("the model name is empty: give a name such as qwen2.5-coder:0.5b, or a path")
     path = Path(source).expanduser()
     if path.exists():
         return path

@@ -19,9 +19,12 @@ def test_one_shot_answer_on_stdout(gguf_path, arguments):
     assert "42" in result.stdout
 
 
-def test_two_prompts_are_refused(gguf_path):
-    result = _qwq("run", str(gguf_path), "--max-tokens", "8", "first", "second")
-    assert result.returncode == 2 and "unrecognized arguments: first second" in result.stderr
+def test_the_words_are_the_prompt(gguf_path):
+    """`qwq run MODEL what is 7 times 6`: unquoted words, before and after options, make the prompt (ollama)."""
+    first, rest = QUESTION.split(" ", 1)
+    result = _qwq("run", str(gguf_path), first, "--temperature", "0", *rest.split(), "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "42" in result.stdout
 
 
 def test_prompt_from_stdin(gguf_path):
@@ -44,6 +47,7 @@ def test_prompt_from_stdin(gguf_path):
         (("run", "/nonexistent/model.gguf", "hi"), None, 1, "no such file or directory"),
         (("run", "qwq-32b-preview", "hi"), None, 1, "preset without local weights"),
         (("run", "/nonexistent/model.gguf"), "   ", 2, "no prompt given"),
+        (("run", "", "hi"), None, 1, "the model name is empty"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args, stdin, code, message):

@@ -1,12 +1,17 @@
 """`qwq eval run` with the real 0.5B model, kept tiny: MATH-500 through the CLI (a subprocess) in-process and
 again (it resumes: no new sample), the same against a live `qwq serve` on loopback (the same replies and
 verdicts at temperature 0), and one GPQA-format and one HumanEval item through the Python API, graded by the
-real graders (the HumanEval reply run in the sandbox)."""
+real graders (the HumanEval and LiveCodeBench replies run in the sandbox); a run killed mid-way resumes."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +88,36 @@ def test_a_live_server_gives_the_in_process_replies(in_process, gguf_path, tmp_p
     assert summary["config"]["backend"]["backend"] == "endpoint" and summary["loop_checked"] == 2  # re-tokenized
 
 
+def test_a_killed_run_resumes_without_redoing_finished_samples(gguf_path, tmp_path):
+    """SIGKILL mid-run (no handler runs): the samples logged so far are kept, and the same command again runs
+    only the rest."""
+    home, out = gguf_path.parent.parent, tmp_path / "killed"
+    command = [sys.executable, "-m", "qwq.cli.main", "eval", "run", "math500", "--limit", "4", "--concurrency", "1"]
+    command += ["--max-tokens", "24", "--temperature", "0", "--data-dir", str(DATA), "--model", MODEL]
+    command += ["--out", str(out), "--no-report"]
+    process = subprocess.Popen(
+        command, env={**os.environ, "QWQ_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 300
+    try:
+        while not (samples.is_file() and samples.read_bytes().count(b"\n") >= 1):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before a sample was logged"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    before = [line for line in samples.read_text(encoding="utf-8").splitlines() if line.endswith("}")]
+    assert 1 <= len(before) < 4
+    again = run_qwq(*command[3:], home=home)
+    assert again.returncode == 0, again.stderr
+    kept = len(before)
+    assert f"MATH-500: {4 - kept} new samples, {kept} resumed" in again.stdout
+    records = _records(out)
+    assert len(records) == 4 and len({r["item"] for r in records}) == 4
+    assert [json.loads(line) for line in before] == records[:kept]  # the finished ones untouched
+
+
 def _one(name: str, **where) -> object:
     dataset = load_dataset(name, **where)
     return dataclasses.replace(dataset, items=dataset.items[:1])
@@ -102,6 +137,13 @@ def test_gpqa_format_and_humaneval_items_run_and_are_graded(model, tmp_path):
     [record] = _records(tmp_path / "humaneval")
     assert record["finish_reason"] == "stop" and "def has_close_elements" in record["prediction"]
     assert record["verdict"] and record["correct"] == (record["verdict"] == "passed")  # the sandbox ran it
+
+    livecodebench = _one("livecodebench", data_file=DATA / "livecodebench_format_sample.jsonl")
+    run_eval(livecodebench, backend, RunSettings(temperature=0, max_tokens=160), tmp_path / "livecodebench")
+    [record] = _records(tmp_path / "livecodebench")
+    assert "Standard Input" in record["prompt"] and record["task"] == "code"
+    assert record["verdict"]  # checked against every case in the sandbox (or no code block: no answer)
+    assert record["correct"] is False or record["verdict"] == "passed"
 
 
 @pytest.mark.parametrize(

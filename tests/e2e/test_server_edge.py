@@ -316,3 +316,22 @@ def test_bad_request_corpus(url):
     assert httpx.get(f"{url}/health", timeout=QUICK).json() == {**httpx.get(f"{url}/health").json(), "running": 0}
     good = _post(url, "/v1/chat/completions", _chat())
     assert good.status_code == 200 and good.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+# -- routes: unknown ones are 404 in the dialect, a known one asked with the wrong method 405
+def test_unknown_routes_are_json_404_and_wrong_methods_405(url):
+    for method, path in (("POST", "/api/embed"), ("POST", "/api/pull"), ("POST", "/foo"), ("DELETE", "/api/x")):
+        response = httpx.request(method, f"{url}{path}", json={}, timeout=QUICK)
+        assert response.status_code == 404 and f"no route {method} {path}" in response.json()["error"], path
+    for path in ("/v1/embeddings", "/v1/responses"):
+        response = httpx.post(f"{url}{path}", json={}, timeout=QUICK)
+        assert response.status_code == 404 and response.json()["error"]["message"].startswith("no route"), path
+    wrong = httpx.get(f"{url}/v1/chat/completions", timeout=QUICK)
+    assert wrong.status_code == 405 and "takes POST" in wrong.json()["error"]["message"]
+    assert httpx.get(f"{url}/openapi.json", timeout=QUICK).json()["info"]["title"] == "qwq"
+
+
+def test_one_model_by_id(url):
+    assert httpx.get(f"{url}/v1/models/tiny-edge", timeout=QUICK).json()["id"] == "tiny-edge"
+    missing = httpx.get(f"{url}/v1/models/gpt-4", timeout=QUICK)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"

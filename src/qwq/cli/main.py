@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="chat with a model: one answer (prompt or stdin) or interactively")
     run.add_argument("model", help=_MODEL_HELP)
-    run.add_argument("prompt", nargs="?", help="the question; read from stdin when piped; interactive when neither")
+    run.add_argument(
+        "prompt", nargs="*", help="the question (its words, as ollama takes them); read from stdin when piped"
+    )
     run.add_argument("--system", help="a system message to put first")
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-p", type=float)
@@ -368,13 +370,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """The arguments, with `qwq run MODEL --flags PROMPT` accepted as ollama accepts it: argparse fills an
-    optional positional only before the options, so a prompt after them comes back unrecognized."""
+    """The arguments, with `qwq run MODEL [--flags] WORDS... [--flags]` taken as ollama takes it: the words
+    are the prompt (argparse leaves the words after an option unrecognized: they are collected here)."""
     parser = _parser()
     args, leftover = parser.parse_known_args(argv)
-    if args.command == "run" and args.prompt is None and len(leftover) == 1 and not leftover[0].startswith("-"):
-        args.prompt = leftover[0]
-    elif leftover:
+    if args.command == "run":
+        words = [*args.prompt, *(word for word in leftover if not word.startswith("-"))]
+        leftover = [word for word in leftover if word.startswith("-")]
+        args.prompt = " ".join(words) if words else None
+    if leftover:
         parser.error(f"unrecognized arguments: {' '.join(leftover)}")
     return args
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from qwq.config import GenerationDefaults
+from qwq.engine.structured import StructuredOutput
 from qwq.errors import ContextLengthError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class GenerationParams:
     logprobs: int | None = None
     context_length: int | None = None
     reasoning: ReasoningParams = field(default_factory=ReasoningParams)
+    structured: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -166,6 +168,10 @@ class GenerationParams:
         if self.stop_token_ids is not None:
             for token in self.stop_token_ids:
                 _integer("stop_token_ids", token, 0)
+        if self.structured is not None and not isinstance(self.structured, StructuredOutput):
+            raise InvalidRequestError(
+                f"structured must be a StructuredOutput, got {self.structured!r}", field="structured"
+            )
 
     @classmethod
     def of(cls, **fields: Any) -> GenerationParams:

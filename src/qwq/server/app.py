@@ -19,6 +19,7 @@ from qwq.server import ollama_routes, openai_routes, web_routes
 from qwq.server.edge import BrowserGuard, ReadBody, RequireKey, SecurityHeaders
 from qwq.server.error_shape import error_response
 from qwq.server.service import Service
+from qwq.server.web_routes import STATIC_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ def _field_path(location: tuple, body: Any, missing: bool) -> str | None:
     return path or None
 
 
+def _exists(path: str) -> bool:
+    """The page or one of its files (never a file outside the page's folder)."""
+    file = (STATIC_DIR / path.lstrip("/")).resolve()
+    return file == STATIC_DIR.resolve() or file.is_relative_to(STATIC_DIR.resolve()) and file.is_file()
+
+
 def create_app(
     service: Service,
     api_key: str | None = None,
@@ -75,6 +82,15 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        methods = request.app.openapi()["paths"].get(path, {})
+        if methods and request.method.lower() not in methods:
+            allowed = ", ".join(sorted(method.upper() for method in methods))
+            return error_response(path, 405, f"{request.method} {path}: this route takes {allowed}")
+        if exc.status_code in (404, 405) and not _exists(path):
+            # the page's mount answers every unknown path: 405 for a POST it cannot take; the truth is 404
+            message = f"no route {request.method} {path}: the OpenAI API is under /v1, Ollama's under /api"
+            return error_response(path, 404, message)
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "request body is not valid JSON (or not UTF-8)"

@@ -16,11 +16,14 @@ from pydantic import Field
 from qwq import __version__
 from qwq.engine.output import Piece
 from qwq.engine.request import GenerationParams
+from qwq.engine.tool_calls import ToolCall, ToolCallStream, parse_tool_calls
 from qwq.errors import InvalidRequestError, ModelNotFoundError
 from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
 from qwq.server.error_shape import client_names
+from qwq.server.format_fields import OLLAMA_FORMAT_NAMES, OllamaFormat, ollama_structured
 from qwq.server.protocol import RequestBody
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
+from qwq.server.tool_fields import MessageToolCall, ToolDefinition, ollama_calls, template_calls
 
 router = APIRouter(prefix="/api")
 
@@ -71,20 +74,27 @@ class Options(RequestBody):
             stop=self.stop,
             context_length=self.num_ctx,
             reasoning=reasoning,
+            structured=ollama_structured(body.format),
         )
 
 
 class Message(RequestBody):
     role: str
-    content: str = ""
+    content: str | None = ""
+    tool_calls: list[MessageToolCall] | None = None
+
+    def as_template_message(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content or "", **template_calls(self.tool_calls)}
 
 
 class ChatRequest(ControlFields):
     model: str
     messages: list[Message] = Field(min_length=1)
+    tools: list[ToolDefinition] | None = None
     stream: bool = True
     options: Options = Field(default_factory=Options)
     think: bool | Literal["low", "medium", "high"] | None = None
+    format: OllamaFormat = None
 
 
 class GenerateRequest(ControlFields):
@@ -95,6 +105,7 @@ class GenerateRequest(ControlFields):
     stream: bool = True
     options: Options = Field(default_factory=Options)
     think: bool | Literal["low", "medium", "high"] | None = None
+    format: OllamaFormat = None
 
 
 class ShowRequest(RequestBody):
@@ -140,11 +151,16 @@ async def _answer(
     object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
     otherwise it stays inline in the text, as ollama does."""
     prompt_name = "messages" if isinstance(body, ChatRequest) else "prompt"
-    with client_names({**CONTROL_NAMES, **OPTION_NAMES, "prompt": prompt_name}):
-        (handle,) = service.submit(prompt, [body.options.params(body)])
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or ()] if isinstance(body, ChatRequest) else []
+    with client_names({**CONTROL_NAMES, **OPTION_NAMES, **OLLAMA_FORMAT_NAMES, "prompt": prompt_name}):
+        (handle,) = service.submit(prompt, [body.options.params(body)], tools=tools)
+    names = [tool["function"]["name"] for tool in tools]
 
-    def message(text: str, thinking: str, **fields: Any) -> dict[str, Any]:
-        return {"model": model, "created_at": _now(), **shape(text, thinking), **fields}
+    def message(text: str, thinking: str, calls: tuple[ToolCall, ...] = (), **fields: Any) -> dict[str, Any]:
+        shaped = shape(text, thinking)
+        if calls:
+            shaped["message"]["tool_calls"] = ollama_calls(calls)
+        return {"model": model, "created_at": _now(), **shaped, **fields}
 
     if not body.stream:
 
@@ -155,15 +171,22 @@ async def _answer(
             if last.finish_reason == "error":  # as ollama answers a failed generation: 500 and the message
                 return JSONResponse({"error": last.error}, status_code=500)
             fields = {**_final_fields(last), **report_fields(completion.report)}
+            parsed = parse_tool_calls(completion.answer, names) if tools else None
+            if parsed is not None:
+                return message(parsed.content, completion.reasoning, parsed.calls, **fields)
             return message(completion.answer, completion.reasoning, **fields)
 
         return await answer_until_closed(answer, [handle], http_request)
 
     def lines() -> Iterator[str]:
+        parsed = ToolCallStream(names) if tools else None
         for piece in service.completion(handle).pieces():
+            calls: tuple[ToolCall, ...] = ()
+            if parsed is not None:
+                piece, calls = parsed.push(piece)
             progress = progress_fields(piece)
-            if piece.answer or piece.reasoning or progress:
-                yield json.dumps(message(piece.answer, piece.reasoning, done=False, **progress)) + "\n"
+            if piece.answer or piece.reasoning or calls or progress:
+                yield json.dumps(message(piece.answer, piece.reasoning, calls, done=False, **progress)) + "\n"
             if piece.finish_reason is not None:
                 yield json.dumps(message("", "", **_final_fields(piece), **report_fields(piece.report))) + "\n"
 
@@ -174,7 +197,7 @@ async def _answer(
 @router.post("/chat")
 async def chat(body: ChatRequest, request: Request):
     service = _service(request, body.model)
-    prompt = [{"role": m.role, "content": m.content} for m in body.messages]
+    prompt = [m.as_template_message() for m in body.messages]
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}

@@ -15,11 +15,14 @@ from pydantic import Field
 
 from qwq.engine.output import Piece
 from qwq.engine.request import SEED_RANGE, GenerationParams
+from qwq.engine.tool_calls import ToolCallStream, parse_tool_calls
 from qwq.errors import InvalidRequestError, ModelNotFoundError
 from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
 from qwq.server.error_shape import client_names
+from qwq.server.format_fields import ResponseFormat
 from qwq.server.protocol import RequestBody
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
+from qwq.server.tool_fields import MessageToolCall, ToolFields, openai_calls, template_calls
 
 router = APIRouter(prefix="/v1")
 
@@ -32,10 +35,14 @@ class ContentPart(RequestBody):
 class ChatMessage(RequestBody):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
 
-    def as_template_message(self) -> dict[str, str]:
+    def as_template_message(self) -> dict[str, Any]:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        role = "system" if self.role == "developer" else self.role
+        call_id = {"tool_call_id": self.tool_call_id} if self.tool_call_id else {}
+        return {"role": role, "content": text, **template_calls(self.tool_calls), **call_id}
 
 
 class StreamOptions(RequestBody):
@@ -57,6 +64,7 @@ class SamplingFields(ControlFields):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=16)
+    response_format: ResponseFormat | None = None
 
     def params(self, max_tokens: int | None, logprobs: int | None, index: int) -> GenerationParams:
         """The OpenAI dialect's translation into the one request type (choice `index` seeded seed + index)."""
@@ -73,10 +81,11 @@ class SamplingFields(ControlFields):
             seed=None if self.seed is None else _choice_seed(self.seed, index),
             logprobs=logprobs,
             reasoning=self.reasoning_params(split=isinstance(self, ChatCompletionRequest)),
+            structured=self.response_format.structured() if self.response_format else None,
         )
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
@@ -133,13 +142,18 @@ def _chat_logprobs(service: Service, piece: Piece, top: int | None) -> dict[str,
     return {"content": entries}
 
 
+def _model_object(service: Service) -> dict[str, Any]:
+    return {"id": service.name, "object": "model", "created": int(service.loaded_at), "owned_by": "qwq"}
+
+
 @router.get("/models")
 def list_models(request: Request) -> dict[str, Any]:
-    service: Service = request.app.state.service
-    return {
-        "object": "list",
-        "data": [{"id": service.name, "object": "model", "created": int(service.loaded_at), "owned_by": "qwq"}],
-    }
+    return {"object": "list", "data": [_model_object(request.app.state.service)]}
+
+
+@router.get("/models/{model_id:path}")
+def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    return _model_object(_service(request, model_id))
 
 
 def _error_field(piece: Piece) -> dict[str, Any]:
@@ -156,7 +170,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     top = (body.top_logprobs or 0) if body.logprobs else None
     names = {**CONTROL_NAMES, "prompt": "messages", "logprobs": "top_logprobs", "max_tokens": max_tokens_name}
     with client_names(names):
-        handles = service.submit(messages, [body.params(max_tokens, top, index) for index in range(body.n)])
+        choices = [body.params(max_tokens, top, index) for index in range(body.n)]
+        handles = service.submit(messages, choices, **body.tool_arguments())
     prompt_tokens = len(handles[0].request.prompt_ids)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     base = {"id": completion_id, "created": created, "model": body.model}
@@ -175,12 +190,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 completion_tokens += last.completion_tokens
                 reasoning = completion.reasoning or None
                 message = {"role": "assistant", "content": completion.answer, "reasoning_content": reasoning}
+                finish_reason = last.finish_reason
+                parsed = parse_tool_calls(completion.answer, body.tool_names) if body.parses_calls else None
+                if parsed is not None and (calls := body.kept(parsed.calls, 0)):
+                    message["content"] = parsed.content or None
+                    message["tool_calls"] = openai_calls(calls)
+                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
                 choices.append(
                     {
                         "index": index,
                         "message": message,
                         "logprobs": {"content": logprobs} if top is not None else None,
-                        "finish_reason": last.finish_reason,
+                        "finish_reason": finish_reason,
                         **_error_field(last),
                         **report_fields(completion.report),
                     }
@@ -201,8 +222,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 "finish_reason": None,
             }
             yield _sse({**chunk, "choices": [first]})
+            parsed = ToolCallStream(body.tool_names) if body.parses_calls else None
+            reported = 0
             for piece in service.completion(handle).pieces():
                 delta = {}
+                if parsed is not None:
+                    piece, calls = parsed.push(piece)
+                    if calls := body.kept(calls, reported):
+                        delta["tool_calls"] = openai_calls(calls, first_index=reported)
+                        reported += len(calls)
                 if piece.reasoning:
                     delta["reasoning_content"] = piece.reasoning
                 if piece.answer:
@@ -213,7 +241,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                     yield _sse({**chunk, "choices": [{**choice, "finish_reason": None, **progress}]})
                 if piece.finish_reason is not None:
                     completion_tokens += piece.completion_tokens
-                    final = {"index": index, "delta": {}, "logprobs": None, "finish_reason": piece.finish_reason}
+                    finish_reason = "tool_calls" if reported and piece.finish_reason == "stop" else piece.finish_reason
+                    final = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
                     extra = {**_error_field(piece), **report_fields(piece.report)}
                     yield _sse({**chunk, "choices": [{**final, **extra}]})
         if body.stream_options and body.stream_options.include_usage:

@@ -35,15 +35,20 @@ class Service:
         self,
         prompt: list[int] | str | Sequence[dict[str, Any]],
         choices: Sequence[GenerationParams],
+        tools: Sequence[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
     ) -> list[Handle]:
         """Queue one request per choice, all or none, now: bad prompts, a prompt the guard blocks and a full
-        server fail before any response starts. `prompt`: chat messages, a text, or token ids."""
+        server fail before any response starts. `prompt`: chat messages (offering `tools`), a text, or token ids."""
         model = self.model
         if isinstance(prompt, str) or (prompt and not isinstance(prompt[0], dict)):
             ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             requests = [model.request(ids, params, guard=self.guard) for params in choices]
         else:
-            requests = [model.chat_request(list(prompt), params, guard=self.guard) for params in choices]
+            requests = [
+                model.chat_request(list(prompt), params, guard=self.guard, tools=tools, tool_choice=tool_choice)
+                for params in choices
+            ]
         return self.engine.submit(requests)
 
     def completion(self, handle: Handle) -> Completion:

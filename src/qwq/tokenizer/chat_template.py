@@ -55,6 +55,35 @@ def _check_messages(messages: Sequence[Message]) -> None:
             raise InvalidRequestError(f"messages[{index}] must be an object with a string 'role'")
 
 
+def _template_messages(messages: Sequence[Message]) -> list[Message]:
+    """The messages as templates read them: a tool call's arguments as an object (OpenAI clients send the JSON
+    text; Qwen's template writes `arguments | tojson`)."""
+    result = []
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            message = {
+                **message,
+                "tool_calls": [
+                    _parsed_call(call, f"messages[{index}].tool_calls[{i}]") for i, call in enumerate(calls)
+                ],
+            }
+        result.append(message)
+    return result
+
+
+def _parsed_call(call: Any, where: str) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError as exc:
+        field = f"{where}.function.arguments"
+        raise InvalidRequestError(f"{field}: not valid JSON ({exc})", field=field) from None
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
 def render_chat_template(
     template: str,
     messages: Sequence[Message],
@@ -68,7 +97,7 @@ def render_chat_template(
     _check_messages(messages)
     try:
         return _compile(template).render(
-            messages=list(messages),
+            messages=_template_messages(messages),
             tools=tools,
             add_generation_prompt=add_generation_prompt,
             **(special_tokens or {}),
