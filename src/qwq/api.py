@@ -23,6 +23,7 @@ from qwq.config import GenerationDefaults, ModelConfig
 from qwq.engine.engine import Engine, SequenceOutput
 from qwq.engine.grammar import GrammarConstraint
 from qwq.engine.output import Completion
+from qwq.engine.prefix_cache import PrefixCache, prompt_rows_exact
 from qwq.engine.reasoning_split import ReasoningFormat, detect_format
 from qwq.engine.request import (
     GenerationParams,
@@ -84,6 +85,8 @@ class Model:
         self.reasoning = detect_format(tokenizer) if tokenizer is not None else ReasoningFormat.named("none")
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # cached prompt prefixes, shared by every engine on this model (its own and a server's): where exact
+        self.prefix_cache = PrefixCache() if prompt_rows_exact(network) else None
 
     @property
     def config(self) -> ModelConfig:
@@ -238,7 +241,7 @@ class Model:
         engine = self._engine
         if engine is None or engine.context_length < needed or engine.context_length > self.context_length:
             self._engine = None  # free the old cache before the new one is allocated
-            self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1)
+            self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1, prefix_cache=self.prefix_cache)
         return self._engine
 
     def complete(self, request: Request) -> Completion:
@@ -253,7 +256,8 @@ class Model:
                 self._lock.release()
                 raise
         else:
-            outputs, release = Engine(self.network, self.tokenizer, size, max_batch=1).stream(request), None
+            engine = Engine(self.network, self.tokenizer, size, max_batch=1, prefix_cache=self.prefix_cache)
+            outputs, release = engine.stream(request), None
         return Completion(outputs, request, self.splitter_args(request), on_close=release)
 
     def complete_batch(
@@ -267,7 +271,14 @@ class Model:
         self._require_weights()
         size = max(len(r.prompt_ids) + r.params.max_tokens for r in requests)
         slots = max(1, min(max_batch or len(requests), len(requests)))
-        engine = Engine(self.network, self.tokenizer, size, max_batch=slots, max_waiting=len(requests))
+        engine = Engine(
+            self.network,
+            self.tokenizer,
+            size,
+            max_batch=slots,
+            max_waiting=len(requests),
+            prefix_cache=self.prefix_cache,
+        )
         engine.add(requests)
         by_id = {r.request_id: (i, r) for i, r in enumerate(requests)}
         collected: dict[int, list[SequenceOutput]] = {r.request_id: [] for r in requests}

@@ -71,7 +71,14 @@ def serve(
     max_queue: int,
 ) -> int:
     engine = EngineThread(
-        Engine(model.network, model.tokenizer, model.context_length, max_batch=max_batch, max_waiting=max_queue)
+        Engine(
+            model.network,
+            model.tokenizer,
+            model.context_length,
+            max_batch=max_batch,
+            max_waiting=max_queue,
+            prefix_cache=model.prefix_cache,
+        )
     )
     served = Path(name).stem if Path(name).suffix == ".gguf" else name
     aliases = tuple({name, served, f"{served}:latest"} - {served})
