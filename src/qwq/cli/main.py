@@ -1,4 +1,5 @@
-"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `serve`, `bench`.
+"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `serve`, `ps`,
+`stop`, `bench`, `check`, `eval`.
 
 The CLI is a client of the same Python API everyone else uses; it is the only place that configures
 logging and prints. Errors are one line on stderr with a non-zero exit code, never a traceback.
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +23,10 @@ from qwq.api import Model, load
 from qwq.benchmark import run_benchmark
 from qwq.cli.eval_command import add_eval_parser, run_eval_command
 from qwq.cli.info import format_rows, info_rows, parameter_rows
-from qwq.cli.loading import add_load_options, load_model
+from qwq.cli.loading import add_load_options, check_load_options, load_model
+from qwq.cli.pull_display import PullDisplay
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
+from qwq.cli.server_client import add_host_option, ps_command, stop_command
 from qwq.engine.reasoning_split import STYLES, ReasoningFormat
 from qwq.engine.request import (
     LANGUAGE_MODES,
@@ -35,6 +39,7 @@ from qwq.engine.request import (
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
 from qwq.reasoning.guard_protocol import Guard
+from qwq.server.keep_alive import DEFAULT_KEEP_ALIVE
 from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove, resolve
 
 _GUARD_HELP = "a safety guard for prompts and replies: a policy .toml file, or a guard model (name or path)"
@@ -78,7 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     rm = commands.add_parser("rm", help="delete pulled models from the local store")
     rm.add_argument("names", nargs="+", metavar="MODEL")
     serve = commands.add_parser("serve", help="serve OpenAI- and Ollama-compatible APIs and a web chat page")
-    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=_MODEL_HELP)
+    serve.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="models to serve besides every pulled one (the first loaded at start): names, .gguf files, folders",
+    )
+    serve.add_argument(
+        "--max-loaded",
+        type=int,
+        help="models resident at once; the least recently used is unloaded first (default: $QWQ_MAX_LOADED, else 1)",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        default=os.environ.get("QWQ_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
+        help="how long an idle model stays loaded: 5m, 1h, seconds, 0, -1 for ever (default: $QWQ_KEEP_ALIVE, else 5m)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=11435)
     serve.add_argument("--api-key", help="require this bearer key (seen in `ps`: prefer --api-key-file, QWQ_API_KEY)")
@@ -98,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
     serve.add_argument("--guard", help=_GUARD_HELP)
     add_load_options(serve)
+    ps = commands.add_parser("ps", help="list the models a running `qwq serve` holds in memory")
+    add_host_option(ps)
+    stop = commands.add_parser("stop", help="unload a model from a running `qwq serve`")
+    stop.add_argument("models", nargs="+", metavar="MODEL")
+    add_host_option(stop)
     check = commands.add_parser("check", help="read every tensor of a checkpoint and scan it for NaN and infinities")
     check.add_argument("model", help=_MODEL_HELP)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
@@ -217,7 +242,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     for name in args.names:
-        print(pull(name))
+        with PullDisplay(sys.stderr) as display:
+            path = pull(name, display)
+        print(path)
     return 0
 
 
@@ -256,32 +283,54 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from qwq.server.run import check_port_free, serve
+    from qwq.server.keep_alive import keep_alive_seconds
+    from qwq.server.registry import ModelRegistry
+    from qwq.server.run import check_port_free, serve, service_opener
+    from qwq.server.served_models import ModelCatalog, ServedModel, given_model
 
     if args.max_batch < 1 or args.max_queue < 0:
         raise InvalidRequestError("--max-batch must be at least 1 and --max-queue at least 0")
+    if args.max_loaded is None:
+        loaded = os.environ.get("QWQ_MAX_LOADED", "1")
+        if not loaded.strip().isdigit():
+            raise InvalidRequestError(f"QWQ_MAX_LOADED must be a number of models, got {loaded!r}")
+        args.max_loaded = int(loaded)
+    if args.max_loaded < 1:
+        raise InvalidRequestError(f"--max-loaded must be at least 1, got {args.max_loaded}")
     if not 0 < args.read_timeout < float("inf"):
         raise InvalidRequestError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout:g}")
+    keep_alive = keep_alive_seconds(args.keep_alive, "--keep-alive")
     api_key = _api_key(args)
+    check_load_options(args)
     check_port_free(args.host, args.port)  # before the model loads, not after a minute of it
-    started = time.perf_counter()
     guard = _guard(args)
-    model = load_model(args)
-    _set_reasoning_format(args, model)
+    given = [given_model(name) for name in args.models]
+
+    def load_served(served: ServedModel) -> Model:
+        """With the command's load flags; a bar only for the loads at start (on the main thread): a load on
+        first use, in a request's thread, is told in the log."""
+        options = argparse.Namespace(**{**vars(args), "model": served.source})
+        model = load_model(options, bar=threading.current_thread() is threading.main_thread())
+        _set_reasoning_format(args, model)
+        return model
+
+    opener = service_opener(load_served, guard=guard, max_batch=args.max_batch, max_queue=args.max_queue)
+    models = ModelRegistry(ModelCatalog(given), opener, max_loaded=args.max_loaded, keep_alive=keep_alive)
     logging.getLogger("qwq").setLevel(logging.INFO)
+    try:
+        for served in given[: args.max_loaded]:  # loaded at start: a broken model is told now, not on first use
+            models.release(models.acquire(served.name))
+    except QwqError:
+        models.close()
+        raise
     return serve(
-        model,
-        args.model,
-        time.perf_counter() - started,
-        guard=guard,
+        models,
         host=args.host,
         port=args.port,
         api_key=api_key,
         cors_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
         read_timeout=args.read_timeout,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
     )
 
 
@@ -393,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         "show": _show,
         "rm": _rm,
         "serve": _serve,
+        "ps": ps_command,
+        "stop": stop_command,
         "bench": _bench,
         "check": _check,
         "eval": run_eval_command,
