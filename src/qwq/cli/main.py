@@ -314,8 +314,15 @@ def _serve(args: argparse.Namespace) -> int:
         _set_reasoning_format(args, model)
         return model
 
+    def read_header(served: ServedModel) -> Model:
+        """Its config and tokenizer with the same flags, no weights: a broken file is refused before room is
+        made for it."""
+        return load_model(argparse.Namespace(**{**vars(args), "model": str(served.path), "device": "meta"}), bar=False)
+
     opener = service_opener(load_served, guard=guard, max_batch=args.max_batch, max_queue=args.max_queue)
-    models = ModelRegistry(ModelCatalog(given), opener, max_loaded=args.max_loaded, keep_alive=keep_alive)
+    models = ModelRegistry(
+        ModelCatalog(given), opener, preflight=read_header, max_loaded=args.max_loaded, keep_alive=keep_alive
+    )
     logging.getLogger("qwq").setLevel(logging.INFO)
     try:
         for served in given[: args.max_loaded]:  # loaded at start: a broken model is told now, not on first use

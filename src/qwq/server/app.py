@@ -19,7 +19,7 @@ from qwq.errors import QwqError, ServerBusyError
 from qwq.server import ollama_models, ollama_routes, openai_routes, web_routes
 from qwq.server.edge import BrowserGuard, ReadBody, RequireKey, SecurityHeaders
 from qwq.server.error_shape import error_response
-from qwq.server.metrics import CONTENT_TYPE, CountRequests, ServerMetrics
+from qwq.server.metrics import CONTENT_TYPE, CountRequests
 from qwq.server.registry import ModelRegistry
 from qwq.server.service import Service
 from qwq.server.web_routes import STATIC_DIR
@@ -78,8 +78,7 @@ def create_app(
     app = FastAPI(title="qwq", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     if isinstance(models, Service):
         models = ModelRegistry.holding(models)
-    metrics = models.metrics or ServerMetrics()
-    models.metrics = metrics
+    metrics = models.metrics
     metrics.watch(models.queues)
     app.state.models = models
 
@@ -145,6 +144,5 @@ def create_app(
         BrowserGuard, bound_host=bound_host, allowed_hosts=allowed_hosts or (), cors_origins=cors_origins or ()
     )
     app.add_middleware(SecurityHeaders)
-    routes = {route.path for route in app.routes if hasattr(route, "methods")}
-    app.add_middleware(CountRequests, metrics=metrics, routes=lambda: routes)
+    app.add_middleware(CountRequests, metrics=metrics, routes=lambda: set(app.openapi()["paths"]))
     return app

@@ -4,8 +4,9 @@ has been idle for its keep-alive (ollama's `keep_alive`: the last request's, els
 
 When a load needs room, the least recently used resident model is chosen: it takes no new requests, and is
 unloaded as soon as its running requests finish (they are never cut); requests for it wait and load it
-again once there is room. A load that fails fails the requests waiting for it, with the load's error named
-(503), and leaves the other resident models serving.
+again once there is room. Before a model is given room, its header is read (`preflight`: config and
+tokenizer, no weights), so a broken file unloads nothing. A load that fails fails the requests waiting for
+it, with the load's error named (503), and leaves the other resident models serving.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class ModelRegistry:
         catalog: ModelCatalog,
         open_service: Callable[[ServedModel], Service],
         *,
+        preflight: Callable[[ServedModel], object] | None = None,
         max_loaded: int = 1,
         keep_alive: float = 300.0,
         metrics: ServerMetrics | None = None,
@@ -79,8 +81,9 @@ class ModelRegistry:
         self.catalog = catalog
         self.max_loaded = max_loaded
         self.keep_alive = keep_alive
-        self.metrics = metrics
+        self.metrics = metrics or ServerMetrics()
         self._open_service = open_service
+        self._preflight = preflight
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
         self._changed = threading.Condition()
         self._closed = False
@@ -96,6 +99,7 @@ class ModelRegistry:
 
         catalog = ModelCatalog([ServedModel(service.name, service.model.source)], include_store=False)
         registry = cls(catalog, cannot_reload, keep_alive=FOREVER, metrics=service.metrics)
+        service.metrics = registry.metrics
         registry._slots[service.name] = _Slot(catalog.given[0], FOREVER, service)
         return registry
 
@@ -106,6 +110,13 @@ class ModelRegistry:
         `keep_alive` (seconds) becomes the model's. Hand it back with `release` once the request is submitted."""
         served = self.catalog.find(name)
         key = served.name
+        with self._changed:
+            resident = key in self._slots
+        if not resident and self._preflight is not None:
+            try:
+                self._preflight(served)
+            except Exception as exc:
+                raise self._failed(key, exc) from None
         with self._changed:
             while True:
                 if self._closed:
@@ -212,14 +223,11 @@ class ModelRegistry:
         try:
             service = self._open_service(slot.served)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, QwqError) else f"{type(exc).__name__}: {exc}"
-            logger.error("loading %s failed: %s", name, reason)
-            failure = ModelUnavailableError(f"model {name!r} could not be loaded: {reason}", field="model")
+            failure = self._failed(name, exc)
             with self._changed:
                 slot.failure = failure
                 del self._slots[name]
                 self._changed.notify_all()
-            self._count_load(name, "failed")
             raise failure from None
         service.metrics = self.metrics
         logger.info("loaded %s in %.1f s", name, service.load_seconds)
@@ -229,9 +237,14 @@ class ModelRegistry:
             self._changed.notify_all()
         return service
 
+    def _failed(self, name: str, exc: Exception) -> ModelUnavailableError:
+        reason = str(exc) if isinstance(exc, QwqError) else f"{type(exc).__name__}: {exc}"
+        logger.error("loading %s failed: %s", name, reason)
+        self._count_load(name, "failed")
+        return ModelUnavailableError(f"model {name!r} could not be loaded: {reason}", field="model")
+
     def _count_load(self, name: str, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.loads.labels(name, outcome).inc()
+        self.metrics.loads.labels(name, outcome).inc()
 
     def _reap(self) -> None:
         """The one place models are unloaded: those draining or past their keep-alive, once idle."""
