@@ -24,18 +24,11 @@ from qwq.benchmark import run_benchmark
 from qwq.cli.eval_command import add_eval_parser, run_eval_command
 from qwq.cli.info import format_rows, info_rows, parameter_rows
 from qwq.cli.loading import add_load_options, check_load_options, load_model
+from qwq.cli.params import add_control_options, add_sampling_options, params_from
 from qwq.cli.pull_display import PullDisplay
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
 from qwq.cli.server_client import add_host_option, ps_command, stop_command
 from qwq.engine.reasoning_split import STYLES, ReasoningFormat
-from qwq.engine.request import (
-    LANGUAGE_MODES,
-    LANGUAGE_SCOPES,
-    LOOP_ACTIONS,
-    GenerationParams,
-    LanguageParams,
-    ReasoningParams,
-)
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
 from qwq.reasoning.guard_protocol import Guard
@@ -56,13 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         "prompt", nargs="*", help="the question (its words, as ollama takes them); read from stdin when piped"
     )
     run.add_argument("--system", help="a system message to put first")
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--top-k", type=int)
-    run.add_argument("--min-p", type=float)
-    run.add_argument("--repeat-penalty", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--max-tokens", type=int, help="new tokens at most (default: until the context is full)")
+    add_sampling_options(run)
     run.add_argument("--hide-reasoning", action="store_true", help="print only the final answer")
     run.add_argument(
         "--reasoning-format",
@@ -71,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how the reasoning is told apart from the answer (default: from the model's vocabulary and template)",
     )
     run.add_argument("--verbose", action="store_true", help="print timings and token rates after each answer")
-    _add_control_options(run)
+    add_control_options(run).add_argument("--guard", help=_GUARD_HELP)
     add_load_options(run)
     pull_command = commands.add_parser("pull", help="download and verify models")
     pull_command.add_argument("names", nargs="+", metavar="MODEL", help="names such as qwq or hf.co/OWNER/REPO")
@@ -117,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
     serve.add_argument("--guard", help=_GUARD_HELP)
+    add_sampling_options(serve.add_argument_group("sampling defaults (for requests that leave them unset)"))
     add_load_options(serve)
     ps = commands.add_parser("ps", help="list the models a running `qwq serve` holds in memory")
     add_host_option(ps)
@@ -134,63 +122,6 @@ def _parser() -> argparse.ArgumentParser:
     add_load_options(bench)
     add_eval_parser(commands)
     return parser
-
-
-def _add_control_options(command: argparse.ArgumentParser) -> None:
-    """The reasoning controls (per request; the REPL changes them with /set)."""
-    group = command.add_argument_group("reasoning controls")
-    group.add_argument("--think-budget", type=int, metavar="N", help="reasoning tokens at most, then the answer")
-    group.add_argument("--min-think", type=int, metavar="N", help="reasoning closed before N tokens continues (Wait)")
-    group.add_argument("--answer-budget", type=int, metavar="N", help="answer tokens at most once a control cued it")
-    group.add_argument(
-        "--loop",
-        choices=LOOP_ACTIONS,
-        help="a detected loop: recover (cut it and answer; the default for reasoning models), stop, or off",
-    )
-    group.add_argument("--language-guard", choices=LANGUAGE_MODES, help="keep the reply to one language's script")
-    group.add_argument("--language", metavar="CODE", help="the language guard's language (default: the prompt's)")
-    group.add_argument("--language-scope", choices=LANGUAGE_SCOPES, help="reasoning, answer or both (default)")
-    group.add_argument("--guard", help=_GUARD_HELP)
-
-
-_FLAG_NAMES = {
-    "max_thinking_tokens": "--think-budget",
-    "min_thinking_tokens": "--min-think",
-    "max_answer_tokens": "--answer-budget",
-}
-
-
-def _params(args: argparse.Namespace) -> GenerationParams:
-    """The command line's translation into the one request type (checked before the model loads; a bad
-    control value is named by its flag)."""
-    try:
-        return _params_of(args)
-    except InvalidRequestError as exc:
-        message = str(exc)
-        for field, flag in _FLAG_NAMES.items():
-            message = message.replace(field, flag)
-        raise InvalidRequestError(message, field=exc.field) from None
-
-
-def _params_of(args: argparse.Namespace) -> GenerationParams:
-    return GenerationParams.of(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-        reasoning=ReasoningParams().merged(
-            loop=args.loop,
-            max_thinking_tokens=args.think_budget,
-            min_thinking_tokens=args.min_think,
-            max_answer_tokens=args.answer_budget,
-            language=LanguageParams(
-                mode=args.language_guard or "off", language=args.language, scope=args.language_scope or "both"
-            ),
-        ),
-    )
 
 
 def _set_reasoning_format(args: argparse.Namespace, model: Model) -> None:
@@ -215,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     if not interactive and not prompt.strip():
         print("error: no prompt given (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
-    params = _params(args)
+    params = params_from(args)
     started = time.perf_counter()
     guard = _guard(args)
     model = load_model(args)
@@ -300,6 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 < args.read_timeout < float("inf"):
         raise InvalidRequestError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout:g}")
     keep_alive = keep_alive_seconds(args.keep_alive, "--keep-alive")
+    defaults = params_from(args)
     api_key = _api_key(args)
     check_load_options(args)
     check_port_free(args.host, args.port)  # before the model loads, not after a minute of it
@@ -319,7 +251,9 @@ def _serve(args: argparse.Namespace) -> int:
         made for it."""
         return load_model(argparse.Namespace(**{**vars(args), "model": str(served.path), "device": "meta"}), bar=False)
 
-    opener = service_opener(load_served, guard=guard, max_batch=args.max_batch, max_queue=args.max_queue)
+    opener = service_opener(
+        load_served, guard=guard, defaults=defaults, max_batch=args.max_batch, max_queue=args.max_queue
+    )
     models = ModelRegistry(
         ModelCatalog(given), opener, preflight=read_header, max_loaded=args.max_loaded, keep_alive=keep_alive
     )

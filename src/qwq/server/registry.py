@@ -268,13 +268,16 @@ class ModelRegistry:
                 self._unload(slot)
 
     def _unload(self, slot: _Slot) -> None:
+        """Stop its engine, hand its memory back, then forget it: an explicit unload returns once the memory
+        is free (/api/ps stops listing the model as this begins)."""
         service = slot.service
         service.close()  # idle: nothing to abort, the thread just ends
         with self._changed:
-            del self._slots[slot.served.name]
-            slot.service = None
-            self._changed.notify_all()
+            slot.service = None  # requests for it wait (it is draining) until it is gone, then load it anew
         del service
         gc.collect()  # the weights' tensors go now, not at some later collection
         return_freed_memory()
+        with self._changed:
+            del self._slots[slot.served.name]
+            self._changed.notify_all()
         logger.info("unloaded %s", slot.served.name)

@@ -14,6 +14,7 @@ import uvicorn
 from qwq.api import Model
 from qwq.engine.background import EngineThread
 from qwq.engine.engine import Engine
+from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError
 from qwq.reasoning.guard_protocol import Guard
 from qwq.server.app import create_app
@@ -59,9 +60,15 @@ class _Server(uvicorn.Server):
 
 
 def service_opener(
-    load_model: Callable[[ServedModel], Model], *, guard: Guard | None, max_batch: int, max_queue: int
+    load_model: Callable[[ServedModel], Model],
+    *,
+    guard: Guard | None,
+    defaults: GenerationParams | None = None,
+    max_batch: int,
+    max_queue: int,
 ) -> Callable[[ServedModel], Service]:
-    """How the registry opens a model: loaded with the serve command's load flags, its engine started."""
+    """How the registry opens a model: loaded with the serve command's load flags, its engine started; the
+    sampling flags' `defaults` go to requests that leave those fields unset."""
 
     def open_service(served: ServedModel) -> Service:
         started = time.perf_counter()
@@ -70,7 +77,8 @@ def service_opener(
             model.network, model.tokenizer, model.context_length, max_batch=max_batch, max_waiting=max_queue
         )
         load_seconds = time.perf_counter() - started
-        return Service(model, EngineThread(engine), served.name, guard=guard, load_seconds=load_seconds)
+        thread = EngineThread(engine)
+        return Service(model, thread, served.name, guard=guard, defaults=defaults, load_seconds=load_seconds)
 
     return open_service
 

@@ -23,6 +23,8 @@ from qwq.reasoning.guard_protocol import Guard
 from qwq.server.metrics import ServerMetrics
 
 T = TypeVar("T")
+# the fields `qwq serve`'s sampling flags may set for every request (a request's own value wins)
+SERVER_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_tokens")
 DISCONNECT_POLL_S = 0.25
 
 
@@ -32,6 +34,7 @@ class Service:
     engine: EngineThread
     name: str
     guard: Guard | None = None  # `qwq serve --guard`: run on every prompt and reply unless a request opts out
+    defaults: GenerationParams | None = None  # `qwq serve --temperature ...`: for requests that leave them unset
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
     metrics: ServerMetrics | None = None
@@ -59,6 +62,7 @@ class Service:
         """Queue one request per choice, all or none, now: bad prompts, a prompt the guard blocks and a full
         server fail before any response starts. `prompt`: chat messages (offering `tools`), a text, or token ids."""
         model = self.model
+        choices = [self._with_defaults(params) for params in choices]
         if isinstance(prompt, str) or (prompt and not isinstance(prompt[0], dict)):
             ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             requests = [model.request(ids, params, guard=self.guard) for params in choices]
@@ -71,6 +75,12 @@ class Service:
         for handle in handles:
             self._submitted[handle] = time.perf_counter()
         return handles
+
+    def _with_defaults(self, params: GenerationParams) -> GenerationParams:
+        if self.defaults is None:
+            return params
+        unset = {name: getattr(self.defaults, name) for name in SERVER_DEFAULTS if getattr(params, name) is None}
+        return params.merged(**unset)
 
     def completion(self, handle: Handle) -> Completion:
         """The handle's reply through the text pipeline; closing it cancels the request."""
