@@ -103,8 +103,9 @@ def test_keep_alive_durations_zero_and_forever(url):
     expires = datetime.fromisoformat(entry["expires_at"].replace("Z", "+00:00"))
     assert 0 < (expires - datetime.now(UTC)).total_seconds() <= 3
     assert _wait_resident(url, [], seconds=10) == []  # unloaded once idle for three seconds
-    _generate(url, "tiny-a", keep_alive=-1)
-    assert httpx.get(f"{url}/api/ps", timeout=QUICK).json()["models"][0]["expires_at"].startswith("9999")
+    for forever in (-1, 1e300):  # negative, or past any date: kept for good
+        _generate(url, "tiny-a", keep_alive=forever)
+        assert httpx.get(f"{url}/api/ps", timeout=QUICK).json()["models"][0]["expires_at"].startswith("9999")
     answered = _generate(url, "tiny-a", keep_alive=0).json()  # answers, then unloads at once
     assert answered["done_reason"] == "length" and _wait_resident(url, [], seconds=3) == []
     refused = _generate(url, "tiny-a", keep_alive="soon")

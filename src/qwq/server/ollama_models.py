@@ -29,6 +29,7 @@ from qwq.store import lookup, pull, remove
 router = APIRouter(prefix="/api")
 
 FOREVER_STAMP = "9999-12-31T23:59:59Z"
+_LAST_STAMPABLE = 253402300799  # FOREVER_STAMP in seconds since the epoch
 PROGRESS_EVERY_S = 0.1  # byte counts of one file streamed at most this often (its last always)
 
 
@@ -49,6 +50,9 @@ class PullRequest(ModelName):
 
 
 def stamp(seconds: float) -> str:
+    """RFC 3339 in UTC, as ollama writes times; a keep-alive past the year 9999 is forever."""
+    if seconds >= _LAST_STAMPABLE:
+        return FOREVER_STAMP
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
