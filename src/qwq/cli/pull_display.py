@@ -1,6 +1,7 @@
 """`qwq pull`'s progress: on a terminal a bar per file with bytes, speed and time left; elsewhere (a log, a
 pipe) plain lines, one per step and one every few seconds while bytes arrive, so a redirected pull is not
-silent."""
+silent. A step's line is shown once the pull has moved past it: a pull that fails at a step ends with the
+error's one line alone."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class PullDisplay:
         self._tasks: dict[str, TaskID] = {}
         self._started: dict[str, tuple[float, int]] = {}  # a file's first report: when, and bytes already there
         self._printed: dict[str, float] = {}
+        self._pending: str | None = None  # the step in progress, shown once the next one begins
 
     def __enter__(self) -> PullDisplay:
         self.progress.start()
@@ -50,9 +52,11 @@ class PullDisplay:
         self.progress.stop()
 
     def __call__(self, event: PullProgress) -> None:
+        if self._pending is not None:
+            self._say(self._pending)
+            self._pending = None
         if event.total is None or event.completed is None:
-            if event.status != SUCCESS:
-                self._say(event.status)
+            self._pending = event.status if event.status != SUCCESS else None
             return
         if self.plain:
             self._plain_bytes(event)
