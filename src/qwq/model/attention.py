@@ -1,4 +1,8 @@
-"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache."""
+"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache.
+
+This is the path of prompt chunks (and of float models' decode); a quantized model's one-token decode runs in
+C++ (qwq/quant/step_kernels.cpp, `decode_attention`), which computes the same from the same cache.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,8 @@ class Attention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D)
+            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D), in the cache's dtype
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a narrower cache's values, exactly, for SDPA (no-op if equal)
         causal = mask is None and seq > 1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)  # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
