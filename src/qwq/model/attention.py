@@ -1,4 +1,8 @@
-"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache."""
+"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache.
+
+This is the path of prompt chunks (and of float models' decode); a quantized model's one-token decode runs in
+C++ (qwq/quant/step_kernels.cpp, `decode_attention`), which computes the same from the same cache.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +58,8 @@ class Attention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D)
+            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D), in the cache's dtype
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a narrower cache's values, exactly, for SDPA (no-op if equal)
         if cache is not None and seq > 1:
             out = _tiled_attention(q, k, v, positions)
         else:
