@@ -3,8 +3,9 @@ background thread (as `qwq serve` runs it), in one run; prints aggregate decode 
 ratio, and checks that every greedy answer is the same both ways.
 
 With --profile, the batch runs once more with timers around the engine step, the model's forward, each decoder
-layer's step and the LM head, and prints where a decode step of all the rows goes; the layers' quantized
-matmuls are then timed alone on the same shapes and rows, which leaves attention, norms and activations.
+layer's step and the LM head, and prints where a decode step of all the rows goes. The layers' last batched
+steps are then replayed alternately with their four quantized matmuls alone on as many rows: the matmuls' share
+of the layers' time, the rest being attention, norms and the activations between.
 
     python benchmarks/batching.py [--model qwen2.5-coder:0.5b] [--quant int8|int4] [--clients 8] [--new-tokens 32]
                                   [--profile]
@@ -110,21 +111,27 @@ class StepTimes:
         return wrapper
 
 
-def matmul_seconds(network: nn.Module, rows: int, passes: int = 5) -> float:
-    """One pass over every decoder layer's four quantized matmuls on `rows` random rows, alone (median pass)."""
+def matmul_share(steps: list[tuple[Callable, tuple]], network: nn.Module, rounds: int = 7) -> float:
+    """The decoder layers' quantized matmuls alone over the layers' whole steps, replayed on each layer's last
+    batched inputs (`steps`: the step and its arguments), in alternating rounds (median of each)."""
     kernels = native.kernels()
     matrices = []
-    for layer in network.model.layers:
+    for (_, arguments), layer in zip(steps, network.model.layers, strict=True):
+        rows = arguments[0].shape[0]
         attention, mlp = layer.self_attn, layer.mlp
         for linear in (attention.qkv_proj, attention.o_proj, mlp.gate_up_proj, mlp.down_proj):
             matrices.append((linear.native_matrix(kernels), torch.randn(rows, linear.in_features)))
-    times = []
-    for _ in range(passes + 1):
+    whole, alone = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for step, arguments in steps:  # writes the same keys and values into the cache again
+            step(*arguments)
+        whole.append(time.perf_counter() - started)
         started = time.perf_counter()
         for matrix, x in matrices:
             matrix(x)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+        alone.append(time.perf_counter() - started)
+    return statistics.median(alone) / statistics.median(whole)
 
 
 def profile(model: qwq.Model, prompts: list[list[int]], params: GenerationParams) -> None:
@@ -137,8 +144,17 @@ def profile(model: qwq.Model, prompts: list[list[int]], params: GenerationParams
     times.time_module("LM head", network.lm_head)
     if all(getattr(layer, "native_step", None) is None for layer in network.model.layers):
         raise SystemExit("--profile needs the one-call layer steps (a quantized model on qwq's kernels)")
-    for layer in network.model.layers:
-        layer.native_step = times.timed("decoder layers", layer.native_step)
+    last_steps: list[tuple[Callable, tuple]] = []  # each layer's step and its last batched arguments
+    for index, layer in enumerate(network.model.layers):
+        step = layer.native_step
+        last_steps.append((step, ()))
+
+        def recorded(*arguments, index=index, step=step):
+            if arguments[0].shape[0] == len(prompts):
+                last_steps[index] = (step, arguments)
+            return step(*arguments)
+
+        layer.native_step = times.timed("decoder layers", recorded)
     thread = EngineThread(engine)
     try:
         for handle in thread.submit([model.request(p, params) for p in prompts]):
@@ -146,13 +162,13 @@ def profile(model: qwq.Model, prompts: list[list[int]], params: GenerationParams
     finally:
         thread.close()
     per_step = {part: seconds / times.steps * 1e3 for part, seconds in times.seconds.items()}
-    matmuls = matmul_seconds(network, len(prompts)) * 1e3
     total, forward, layers, head = (per_step[k] for k in ("engine step", "model forward", "decoder layers", "LM head"))
+    matmuls = layers * matmul_share(last_steps, network)
     parts = [
         ("engine step", total),
         ("  model forward", forward),
         ("    decoder layers", layers),
-        ("      quantized matmuls alone", matmuls),
+        ("      quantized matmuls (their share of the layers replayed)", matmuls),
         ("      the rest (attention, norms, activations)", layers - matmuls),
         ("    LM head", head),
         ("    the rest (embedding, rotary, Python)", forward - layers - head),

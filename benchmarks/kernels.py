@@ -9,8 +9,12 @@ so every row count should keep both busy: "threads ×" is the native kernel's 1-
 --threads. With --before-src, the kernels of another checkout (its qwq/quant/native.py builds its sources) run
 in the same process, for an after / before ratio.
 
+--compute measures the kernels' arithmetic instead, which other processes on the same cores disturb less: one
+thread, a weight of about 1 MB (the shape's rows cut) that stays in the L2 cache, the best of many calls taken
+in turns; ns per activation row, weight row and 128 weights.
+
     python benchmarks/kernels.py [--model 0.5b|1.5b] [--threads 2] [--group-size 32] [--rows 1 2 4 8]
-                                 [--before-src /tmp/qwq-before/src]
+                                 [--before-src /tmp/qwq-before/src] [--compute]
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ SHAPES = {
     "1.5b": [(1536, 2048), (1536, 1536), (1536, 17920), (8960, 1536), (1536, 151936)],
 }
 CACHE_BYTES = 256e6
+HOT_BYTES = 2**20  # a weight the L2 cache holds
+HOT_TRIALS = 40
 
 
 def _median_seconds(calls: list[Callable[[], object]], rounds: int = 5) -> float:
@@ -48,12 +54,13 @@ def _median_seconds(calls: list[Callable[[], object]], rounds: int = 5) -> float
     return statistics.median(times)
 
 
-def _build_of(src: Path, name: str) -> ModuleType:
-    """The native kernels of the checkout whose sources are in `src`, built by its own native.py."""
-    spec = importlib.util.spec_from_file_location(f"{name}_native", src / "qwq" / "quant" / "native.py")
+def _build_of(src: Path) -> ModuleType:
+    """The native kernels of the checkout whose sources are in `src`, built by its own native.py (under the usual
+    name, so that a build of that checkout already made is found)."""
+    spec = importlib.util.spec_from_file_location("before_native", src / "qwq" / "quant" / "native.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.build(("-march=native",), name)
+    return module.build(("-march=native",))
 
 
 def _products(kind: str, k: int, n: int, group: int, copies: int) -> dict[str, Callable]:
@@ -87,6 +94,41 @@ def _products(kind: str, k: int, n: int, group: int, copies: int) -> dict[str, C
     return {"ours": ours, "theirs": theirs}
 
 
+def _best_seconds(calls: dict[str, Callable[[], object]], trials: int = HOT_TRIALS) -> dict[str, float]:
+    """The fastest of `trials` runs of each call, the calls taken in turns."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(trials):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def compute_table(builds: dict[str, ModuleType], args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    print(
+        f"{args.model} shapes, 1 thread, int4 groups of {args.group_size}, weights in the L2 cache, best of "
+        f"{HOT_TRIALS} calls; ns per activation row, weight row and 128 weights\n"
+    )
+    columns = ["in × rows of out", "quant", "rows", *(f"{name} ns" for name in builds)]
+    columns += ["after ÷ before"] if "before" in builds else []
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for k, _ in SHAPES[args.model]:
+        n = max(16, HOT_BYTES // k // 16 * 16)
+        for kind in args.quants:
+            products = _products(kind, k, n, args.group_size, copies=1)
+            for rows in sorted({1, *args.rows}):
+                x = torch.randn(rows, k)
+                best = _best_seconds({name: products["ours"](kernels, x)[0] for name, kernels in builds.items()})
+                units = rows * n * k / 128
+                row = [f"{k} × {n}", kind, str(rows), *(f"{best[name] / units * 1e9:.2f}" for name in builds)]
+                if "before" in builds:
+                    row.append(f"{best['before'] / best['native']:.2f}")
+                print("| " + " | ".join(row) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SHAPES), default="1.5b", help="whose matrix shapes")
@@ -95,10 +137,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--quants", nargs="+", choices=["int8", "int4"], default=["int8", "int4"])
     parser.add_argument("--before-src", type=Path, help="another checkout's src/ to compare against")
+    parser.add_argument("--compute", action="store_true", help="the arithmetic alone (see above)")
     args = parser.parse_args()
-    builds = {"native": native.build(("-march=native",)), "AVX2": native.build(("-march=x86-64-v3",), "qwq_avx2")}
+    builds = {"native": native.build(("-march=native",))}
+    builds["AVX2"] = native.build(("-march=x86-64-v3",), "qwq_kernels_avx2")  # the tests' build of it
     if args.before_src:
-        builds["before"] = _build_of(args.before_src, "qwq_before")
+        builds["before"] = _build_of(args.before_src)
+    if args.compute:
+        compute_table(builds, args)
+        return
     group = args.group_size
     print(
         f"{args.model} shapes, {args.threads} threads, int4 groups of {group}; GB/s of weights read "
