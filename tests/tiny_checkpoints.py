@@ -65,14 +65,18 @@ def write_gguf(
     context: int = SHAPE["context"],
     heads: int = SHAPE["heads"],
     rms_norm_eps: float = 1e-6,
+    extra_tokens: int = 0,
 ) -> Path:
     """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32);
     `model_name` goes to the metadata's general.name; `context` is its trained context; `heads` and
-    `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves)."""
+    `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves); `extra_tokens`
+    unused control tokens pad the vocabulary (9 make it 272: an LM head every quantized layout can hold)."""
     rng = np.random.default_rng(seed)
     hidden, kv_heads = SHAPE["hidden"], SHAPE["kv_heads"]
     head_dim = hidden // SHAPE["heads"]
     tokens, types = vocabulary()
+    tokens += [f"<|extra_{i}|>" for i in range(extra_tokens)]
+    types += [3] * extra_tokens
     writer = gguf.GGUFWriter(str(path), architecture)
     if model_name is not None:
         writer.add_name(model_name)
