@@ -197,7 +197,7 @@ def test_api_key_is_required(web_server):
         ollama.Client(host=server).list()
     assert refused.value.status_code == 401
     keyed = ollama.Client(host=server, headers={"Authorization": f"Bearer {WEB_KEY}"})
-    assert [m.model for m in keyed.list().models] == [MODEL]
+    assert MODEL in [m.model for m in keyed.list().models]  # with every other pulled model
 
 
 def test_oversized_body_is_refused(server):
