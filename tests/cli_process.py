@@ -15,6 +15,13 @@ from pathlib import Path
 
 import httpx
 
+# The two 0.5B `qwq serve` processes the e2e modules share (tests/e2e/conftest.py starts each once): tests whose
+# checks depend on a flag read it here. The plain one runs without a key; the web one reads replies in
+# QwQ-Preview's format and wants a bearer key.
+SHARED_CONTEXT, SHARED_MAX_BATCH, SHARED_MAX_QUEUE = 1024, 4, 8
+WEB_CONTEXT = 2048
+WEB_KEY = "web-key-456"
+
 
 def run_qwq(
     *args: str, stdin: str | None = None, home: Path | None = None, **env: str

@@ -82,8 +82,10 @@ BAD_LINES = [
 ]
 
 
-def test_reasoning_controls_are_set_in_the_session(chat):
-    """/set parameter takes the controls too, and /show parameters lists them."""
+def test_commands_errors_and_ctrl_c_at_the_prompt_then_ctrl_d(chat):
+    """One session (the model loads once): /set parameter takes the controls too and /show parameters lists
+    them; bad commands are one-line errors and the session goes on; Ctrl+C at the prompt keeps the session;
+    Ctrl+D leaves."""
     _say(chat, "/set parameter think_budget 64", "Set parameter 'think_budget' to '64'")
     _say(chat, "/set parameter loop stop", "Set parameter 'loop' to 'stop'")
     shown = _say(chat, "/show parameters", "language_guard")
@@ -91,16 +93,12 @@ def test_reasoning_controls_are_set_in_the_session(chat):
     _say(chat, "/set parameter loop sometimes", "error: loop must be one of recover, stop, off")
     _say(chat, "/set parameter think_budget none", "Set parameter 'think_budget' to 'none'")
 
-
-def test_bad_commands_are_one_line_errors_and_the_session_goes_on(chat):
     for line, message in BAD_LINES:
         seen = _say(chat, line, message)
         assert "Traceback" not in seen
     _say(chat, "/set parameter seed 3", "Set parameter 'seed' to '3'")
     _say(chat, "/clear", "Cleared session context")
 
-
-def test_ctrl_c_at_the_prompt_keeps_the_session_and_ctrl_d_leaves(chat):
     chat.sendcontrol("c")
     chat.expect("Use Ctrl \\+ d or /bye to exit.")
     chat.expect(PROMPT)

@@ -11,10 +11,9 @@ QUESTION = "What is 7 times 6? Reply with only the number."
 OPTIONS = ("--temperature", "0", "--max-tokens", "8")
 
 
-@pytest.mark.parametrize("arguments", [(QUESTION, *OPTIONS), (*OPTIONS, QUESTION)], ids=["flags-last", "flags-first"])
-def test_one_shot_answer_on_stdout(gguf_path, arguments):
-    """The options may come after the prompt or, as with ollama, before it."""
-    result = _qwq("run", str(gguf_path), *arguments)
+def test_one_shot_answer_on_stdout(gguf_path):
+    """The options may come after the prompt (before it, as with ollama: test_finish_reason_is_reported)."""
+    result = _qwq("run", str(gguf_path), QUESTION, *OPTIONS)
     assert result.returncode == 0, result.stderr
     assert "42" in result.stdout
 
@@ -56,7 +55,8 @@ def test_errors_are_one_line_without_traceback(args, stdin, code, message):
 
 def test_finish_reason_is_reported(gguf_path):
     """The engine's finish reason reaches the terminal: a reply cut at --max-tokens says so on stderr (the answer
-    on stdout stays clean), --verbose names the reason, and an answer that ends by itself gets no note."""
+    on stdout stays clean), --verbose names the reason, and an answer that ends by itself gets no note (its
+    options come before the prompt, as with ollama)."""
     cut = _qwq("run", str(gguf_path), "--temperature", "0", "--max-tokens", "3", "--verbose", "Count from 1 to 50.")
     assert cut.returncode == 0, cut.stderr
     assert "qwq: cut off at the token limit: finish reason length" in cut.stderr
@@ -64,6 +64,7 @@ def test_finish_reason_is_reported(gguf_path):
     assert "cut off" not in cut.stdout
     done = _qwq("run", str(gguf_path), *OPTIONS, "--verbose", QUESTION)
     assert done.returncode == 0, done.stderr
+    assert "42" in done.stdout
     assert "finish reason:        stop" in done.stderr and "cut off" not in done.stderr
 
 

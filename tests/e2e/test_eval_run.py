@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qwq.eval.backends import EngineBackend
@@ -21,7 +22,7 @@ from qwq.eval.benchmarks.registry import load_dataset
 from qwq.eval.jsonl import read_records
 from qwq.eval.runner import RunSettings, run_eval
 
-from cli_process import assert_one_line_error, live_server, run_qwq
+from cli_process import assert_one_line_error, run_qwq
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MODEL = "qwen2.5-coder:0.5b"
@@ -69,12 +70,10 @@ def test_the_same_command_again_resumes_with_no_new_sample(in_process, gguf_path
     assert len((in_process / "samples.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
-def test_a_live_server_gives_the_in_process_replies(in_process, gguf_path, tmp_path):
-    home = gguf_path.parent.parent
-    with live_server(MODEL, "--ctx", "1024", home=home) as url:
-        over_http = run_qwq(
-            "eval", "run", *MATH, "--endpoint", url, "--model", MODEL, "--out", str(tmp_path), home=home
-        )
+def test_a_live_server_gives_the_in_process_replies(in_process, plain_server, gguf_path, tmp_path):
+    """The package's plain server (tests/e2e/conftest.py) answers as the in-process run did."""
+    where = ("--endpoint", plain_server, "--model", MODEL, "--out", str(tmp_path))
+    over_http = run_qwq("eval", "run", *MATH, *where, home=gguf_path.parent.parent)
     assert over_http.returncode == 0, over_http.stderr
     local = {r["item"]: r for r in _records(in_process)}
     remote = {r["item"]: r for r in _records(tmp_path)}
@@ -88,13 +87,13 @@ def test_a_live_server_gives_the_in_process_replies(in_process, gguf_path, tmp_p
     assert summary["config"]["backend"]["backend"] == "endpoint" and summary["loop_checked"] == 2  # re-tokenized
 
 
-def test_a_killed_run_resumes_without_redoing_finished_samples(gguf_path, tmp_path):
+def test_a_killed_run_resumes_without_redoing_finished_samples(plain_server, gguf_path, tmp_path):
     """SIGKILL mid-run (no handler runs): the samples logged so far are kept, and the same command again runs
-    only the rest."""
+    only the rest. The run asks the package's plain server, so neither run loads the weights."""
     home, out = gguf_path.parent.parent, tmp_path / "killed"
     command = [sys.executable, "-m", "qwq.cli.main", "eval", "run", "math500", "--limit", "3", "--concurrency", "1"]
     command += ["--max-tokens", "12", "--temperature", "0", "--data-dir", str(DATA), "--model", MODEL]
-    command += ["--out", str(out), "--no-report"]
+    command += ["--endpoint", plain_server, "--out", str(out), "--no-report"]
     process = subprocess.Popen(
         command, env={**os.environ, "QWQ_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -116,6 +115,8 @@ def test_a_killed_run_resumes_without_redoing_finished_samples(gguf_path, tmp_pa
     records = _records(out)
     assert len(records) == 3 and len({r["item"] for r in records}) == 3
     assert [json.loads(line) for line in before] == records[:kept]  # the finished ones untouched
+    health = httpx.get(f"{plain_server}/health", timeout=15).json()
+    assert (health["running"], health["waiting"]) == (0, 0), health  # the killed run's request was cancelled
 
 
 def _one(name: str, **where) -> object:

@@ -1,5 +1,6 @@
 """`qwq serve` on loopback, driven by the official `openai` and `ollama` clients and by raw HTTP for bad input,
-concurrency (batching must not change greedy results), the waiting-line bound and client disconnects."""
+concurrency (batching must not change greedy results), the waiting-line bound, client disconnects and the bearer
+key. The servers are the package's shared ones (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,19 @@ import ollama
 import openai
 import pytest
 
-from cli_process import live_server
+from cli_process import WEB_KEY
 
-KEY = "test-key-123"
 MODEL = "qwen2.5-coder:0.5b"
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path):
-    arguments = ("--ctx", "1024", "--max-batch", "4", "--max-queue", "12", "--api-key", KEY)
-    with live_server(MODEL, *arguments, home=gguf_path.parent.parent) as url:
-        yield url
+def server(plain_server):
+    return plain_server
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=300)
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def _ask(client, question: str, **kw):
@@ -100,7 +98,7 @@ def test_openai_completions(client):
 
 
 def test_ollama_client(server):
-    api = ollama.Client(host=server, headers={"Authorization": f"Bearer {KEY}"})
+    api = ollama.Client(host=server)
     reply = api.chat(
         model=MODEL,
         messages=[{"role": "user", "content": "What is 7 times 6? Reply with only the number."}],
@@ -171,7 +169,7 @@ def test_bad_requests_get_4xx_json_errors(server, path, body, status, field):
     response = httpx.post(
         server + path,
         content=body,
-        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"},
         timeout=60,
     )
     assert response.status_code == status, response.text
@@ -185,7 +183,9 @@ def test_bad_requests_get_4xx_json_errors(server, path, body, status, field):
     assert httpx.get(f"{server}/health").json()["status"] == "ok"  # still serving
 
 
-def test_api_key_is_required(server):
+def test_api_key_is_required(web_server):
+    """The server started with --api-key: every API route wants the key, in either dialect's client."""
+    server = web_server
     for path in ("/v1/models", "/api/tags"):
         response = httpx.get(server + path)
         assert response.status_code == 401
@@ -193,24 +193,26 @@ def test_api_key_is_required(server):
     assert httpx.get(f"{server}/").status_code == 200  # the page itself is open; it asks for the key
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(ollama.ResponseError) as refused:
+        ollama.Client(host=server).list()
+    assert refused.value.status_code == 401
+    keyed = ollama.Client(host=server, headers={"Authorization": f"Bearer {WEB_KEY}"})
+    assert MODEL in [m.model for m in keyed.list().models]  # with every other pulled model
 
 
 def test_oversized_body_is_refused(server):
-    response = httpx.post(
-        f"{server}/v1/completions", content=b"x" * (5 << 20), headers={"Authorization": f"Bearer {KEY}"}
-    )
+    response = httpx.post(f"{server}/v1/completions", content=b"x" * (5 << 20))
     assert response.status_code == 413
 
 
 def test_disconnect_mid_stream_frees_the_slot(server):
-    headers = {"Authorization": f"Bearer {KEY}"}
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Write a long story."}],
         "max_tokens": 800,
         "stream": True,
     }
-    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=headers, timeout=60) as response:
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()
         for _ in range(6):
             next(lines)
@@ -222,11 +224,10 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 
 
 def test_full_waiting_line_answers_503_with_retry_after(server):
-    headers = {"Authorization": f"Bearer {KEY}"}
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
 
     def post(_):
-        return httpx.post(f"{server}/v1/completions", json=body, headers=headers, timeout=300)
+        return httpx.post(f"{server}/v1/completions", json=body, timeout=300)
 
     with ThreadPoolExecutor(28) as pool:
         responses = list(pool.map(post, range(28)))

@@ -3,7 +3,8 @@ finish reasons in both dialects, extreme and out-of-range values, a full server,
 away, Ollama's per-request num_ctx, a model whose forward produces NaN, and SIGTERM mid-stream.
 
 Every call has a client timeout, so a request the server never ends fails its test instead of hanging it.
-The 0.5B server is loaded once for the module; the last test stops it with SIGTERM.
+The 0.5B server is the package's plain one (tests/e2e/conftest.py), its capacity and context read from
+cli_process; the SIGTERM test stops a server of its own.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import ollama
 import openai
 import pytest
 
-from cli_process import server_process
+from cli_process import SHARED_CONTEXT as CONTEXT
+from cli_process import SHARED_MAX_BATCH, SHARED_MAX_QUEUE, server_process
 from tiny_checkpoints import write_gguf
 
 MODEL = "qwen2.5-coder:0.5b"
-MAX_BATCH, MAX_QUEUE = 4, 8
-CAPACITY = MAX_BATCH + MAX_QUEUE
-CONTEXT = 1024
+CAPACITY = SHARED_MAX_BATCH + SHARED_MAX_QUEUE
 TIMEOUT = 120  # seconds a generating call may take on a loaded 2-core machine; nothing waits longer
 QUICK = 15  # seconds for a call the server must answer without generating
 
@@ -38,15 +38,8 @@ LONG = "Count from 1 to 1000, separated by commas."  # greedy, it runs to any bu
 
 
 @pytest.fixture(scope="module")
-def served(gguf_path):
-    arguments = ("--ctx", str(CONTEXT), "--max-batch", str(MAX_BATCH), "--max-queue", str(MAX_QUEUE))
-    with server_process(MODEL, *arguments, home=gguf_path.parent.parent) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def server(served) -> str:
-    return served.url
+def server(plain_server) -> str:
+    return plain_server
 
 
 @pytest.fixture(scope="module")
@@ -512,8 +505,7 @@ def test_largest_seed_with_several_choices_is_accepted(server):
 @pytest.mark.parametrize("dialect", ["openai", "ollama"])
 def test_non_streaming_client_that_disconnects_frees_its_slot(server, dialect):
     """The client gives up after 1 s of a 300-token greedy answer: the server must cancel it (the slot frees
-    within a few seconds), not generate on for nobody. (Runs late: if it fails, the abandoned generations only
-    slow the SIGTERM test that ends the module.)"""
+    within a few seconds), not generate on for nobody."""
     before = _health(server)["running"]  # 0, or an earlier case's abandoned request if the server lacks this
     if dialect == "openai":
         path, body = "/v1/chat/completions", _chat_body(LONG, temperature=0, max_tokens=300)
@@ -546,10 +538,10 @@ def test_a_lone_surrogate_is_a_400_in_the_routes_dialect(server, path, body):
     assert _health(server)["status"] == "ok"
 
 
-# -- SIGTERM mid-stream (last: it stops the module's server)
+# -- SIGTERM mid-stream (a server of its own: it stops it)
 
 
-def test_sigterm_stops_the_server_mid_stream(served):
+def test_sigterm_stops_the_server_mid_stream(gguf_path):
     """A long streamed generation is in flight when SIGTERM comes: the process exits within 10 s and the
     client's stream ends (cleanly or with a dropped connection), it does not hang."""
     body = _chat_body("Write a very long story about a lighthouse.", max_tokens=800, stream=True)
@@ -557,9 +549,9 @@ def test_sigterm_stops_the_server_mid_stream(served):
     outcome: list[BaseException | None] = []
     first_lines = threading.Event()
 
-    def read() -> None:
+    def read(url: str) -> None:
         try:
-            with httpx.stream("POST", f"{served.url}/v1/chat/completions", json=body, timeout=30) as response:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
                 for line in response.iter_lines():
                     received.append(line)
                     if len(received) >= 6:
@@ -571,22 +563,23 @@ def test_sigterm_stops_the_server_mid_stream(served):
             first_lines.set()
             ended.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert first_lines.wait(TIMEOUT) and not ended.is_set(), (received, outcome)
-    assert _health(served.url)["running"] >= 1
+    with server_process(MODEL, "--ctx", str(CONTEXT), home=gguf_path.parent.parent) as served:
+        reader = threading.Thread(target=read, args=(served.url,), daemon=True)
+        reader.start()
+        assert first_lines.wait(TIMEOUT) and not ended.is_set(), (received, outcome)
+        assert _health(served.url)["running"] >= 1
 
-    started = time.monotonic()
-    served.process.send_signal(signal.SIGTERM)
-    try:
-        code = served.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pytest.fail("qwq serve still runs 10 s after SIGTERM")
-    stopped = time.monotonic() - started
-    assert ended.wait(10), "the client's stream did not end after the server stopped"
-    error = outcome[0]
-    assert error is None or isinstance(error, httpx.HTTPError), repr(error)
-    output = served.process.stdout.read()
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        try:
+            code = served.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("qwq serve still runs 10 s after SIGTERM")
+        stopped = time.monotonic() - started
+        assert ended.wait(10), "the client's stream did not end after the server stopped"
+        error = outcome[0]
+        assert error is None or isinstance(error, httpx.HTTPError), repr(error)
+        output = served.process.stdout.read()
     assert "Traceback" not in output, output
     print(f"\nstopped {stopped:.1f} s after SIGTERM (exit code {code}); stream ended with {error!r}")
     assert not any('"finish_reason": "length"' in line for line in received)  # it was still generating

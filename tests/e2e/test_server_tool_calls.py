@@ -1,5 +1,6 @@
 """Tool calling through `qwq serve` with the official `openai` and `ollama` clients and the real 0.5B: calls with
-parsed JSON arguments (streamed too), the tool result's round trip, tool_choice forcing or forbidding a call."""
+parsed JSON arguments (streamed too), the tool result's round trip, tool_choice forcing or forbidding a call.
+The server is the package's plain one (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import json
 import ollama
 import openai
 import pytest
-
-from cli_process import live_server
 
 MODEL = "qwen2.5-coder:0.5b"
 WEATHER = {
@@ -28,9 +27,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris? Use the tool."
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path):
-    with live_server(MODEL, "--ctx", "2048", home=gguf_path.parent.parent) as url:
-        yield url
+def server(plain_server):
+    return plain_server
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Structured output through `qwq serve` with the real 0.5B model and the official clients: OpenAI's
 `response_format` (json_schema on 20 prompts, greedy and seeded sampling; json_object) and Ollama's `format`
 ("json" and a schema). Every reply parses and validates with jsonschema; a schema that cannot be enforced is
-refused under the client's field name."""
+refused under the client's field name. The server is the package's plain one (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import jsonschema
 import ollama
 import openai
 import pytest
-
-from cli_process import live_server
 
 MODEL = "qwen2.5-coder:0.5b"
 CITY = {
@@ -65,9 +63,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path):
-    with live_server(MODEL, "--ctx", "1024", "--max-batch", "4", home=gguf_path.parent.parent) as url:
-        yield url
+def server(plain_server):
+    return plain_server
 
 
 @pytest.fixture(scope="module")

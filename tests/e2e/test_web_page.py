@@ -2,8 +2,9 @@
 key, streams a reply with the reasoning in a folding block apart from the answer, draws the answer's markdown and
 math, sends the controls' values, and its stop button ends a reply and frees the server's slot.
 
-The server runs with `--reasoning-format qwq-preview` and the system prompt asks for a `**Final Answer**`
-heading, so the small test model's replies split into reasoning and answer as QwQ-32B-Preview's do."""
+The server is the package's web one (tests/e2e/conftest.py: `--reasoning-format qwq-preview`, a bearer key) and
+the system prompt asks for a `**Final Answer**` heading, so the small test model's replies split into reasoning
+and answer as QwQ-32B-Preview's do."""
 
 from __future__ import annotations
 
@@ -15,19 +16,16 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
-from cli_process import live_server
+from cli_process import WEB_KEY as KEY
 
-KEY = "web-key-456"
 MODEL = "qwen2.5-coder:0.5b"
 FINAL_ANSWER_SYSTEM = "Think step by step, then write a line '**Final Answer**' and the answer."
 TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path):
-    arguments = ("--ctx", "2048", "--reasoning-format", "qwq-preview", "--api-key", KEY)
-    with live_server(MODEL, *arguments, home=gguf_path.parent.parent) as url:
-        yield url
+def server(web_server):
+    return web_server
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,20 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
-def quantized(request, gguf_path):
-    return request.param, qwq.load(gguf_path, quant=request.param)
+@pytest.fixture(scope="module")
+def int8_model(gguf_path) -> qwq.Model:
+    """Loaded once for the module: quantizing every Linear is most of a quantized load."""
+    return qwq.load(gguf_path, quant="int8")
+
+
+@pytest.fixture(scope="module")
+def int4_model(gguf_path) -> qwq.Model:
+    return qwq.load(gguf_path, quant="int4")
+
+
+@pytest.fixture(params=["int8", "int4"])
+def quantized(request) -> tuple[str, qwq.Model]:
+    return request.param, request.getfixturevalue(f"{request.param}_model")
 
 
 def _agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
@@ -67,11 +78,10 @@ def test_logits_stay_close_to_float32(quantized, model):
     assert top1 >= limits[0] and kl <= limits[1]
 
 
-def test_int8_greedy_text_matches_float32(gguf_path, model):
-    quant_model = qwq.load(gguf_path, quant="int8")
+def test_int8_greedy_text_matches_float32(int8_model, model):
     same = 0
     for prompt in PROMPTS:
         ids = model.tokenizer.encode(model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}]))
         reference = model.generate(ids, max_new_tokens=32, temperature=0, ignore_eos=True)
-        same += quant_model.generate(ids, max_new_tokens=32, temperature=0, ignore_eos=True) == reference
+        same += int8_model.generate(ids, max_new_tokens=32, temperature=0, ignore_eos=True) == reference
     assert same >= 3, f"only {same} of {len(PROMPTS)} greedy continuations match float32 for 32 tokens"
