@@ -39,6 +39,7 @@ from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError,
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS, Preset
+from qwq.quant.gguf_linear import FILE_BITS, GGUFEmbedding, GGUFLinear, file_bits_description, keep_file_bits
 from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
 from qwq.reasoning.controls import build_controls
@@ -48,7 +49,7 @@ from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
 from qwq.weights import safetensors as safetensors_weights
 from qwq.weights.gguf import GGUFFile
-from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_table_dtype
+from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_table_dtype, stores_weight
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ class Model:
 
     @property
     def quantization(self) -> str | None:
-        """ "int8" or "int4" when the Linear weights are stored quantized, else None."""
+        """ "int8" or "int4" when the Linear weights are stored quantized, "gguf Q4_K/Q6_K" when a GGUF runs at its
+        own bits, else None."""
+        if (file_bits := file_bits_description(self.network)) is not None:
+            return file_bits
         layers = [m for m in self.network.modules() if isinstance(m, QuantizedLinear)]
         if any(isinstance(m, Int4Linear) for m in layers):
             return "int4"  # int4 models keep a few unpackable layers as int8
@@ -125,8 +129,9 @@ class Model:
         optionally without the vocabulary matrices."""
         counts = {id(p): (name, p.numel()) for name, p in self.network.named_parameters()}
         for name, module in self.network.named_modules():
-            if isinstance(module, QuantizedLinear):
-                counts[id(module)] = (f"{name}.weight", module.out_features * module.in_features)
+            if stores_weight(module):  # a tied GGUF head shares the table's planes: counted once
+                key = id(module.plane0) if isinstance(module, GGUFLinear | GGUFEmbedding) else id(module)
+                counts[key] = (f"{name}.weight", module.out_features * module.in_features)
         embeddings = ("model.embed_tokens.weight", "lm_head.weight")
         return sum(n for name, n in counts.values() if not (exclude_embeddings and name in embeddings))
 
@@ -369,8 +374,14 @@ def _eos_ids(config: ModelConfig, tokenizer: Tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _empty_network(config: ModelConfig, quant: str | None, group_size: int) -> Qwen2ForCausalLM:
+def _empty_network(
+    config: ModelConfig, quant: str | None, group_size: int, gguf: GGUFFile | None = None
+) -> Qwen2ForCausalLM:
     network = build_empty(config)
+    if quant == FILE_BITS:
+        if gguf is None:
+            raise InvalidRequestError(f"quant={FILE_BITS!r} keeps a GGUF file's own bits: it needs a .gguf file")
+        return keep_file_bits(network, gguf.tensor_types())
     return quantize_linears(network, quant, group_size) if quant else network
 
 
@@ -401,10 +412,12 @@ def _context_length(config: ModelConfig, requested: int | None, source: str, def
     return requested
 
 
-def _plan(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
+def _plan(
+    config: ModelConfig, options: LoadOptions, source: str, gguf: GGUFFile | None = None
+) -> tuple[Qwen2ForCausalLM, int]:
     """The empty (meta) network and the context length, after checking the model will fit in memory."""
     context = _context_length(config, options.context_length, source, options.default_context_length)
-    network = _empty_network(config, options.quant, options.group_size)
+    network = _empty_network(config, options.quant, options.group_size, gguf)
     if options.check_memory and options.device.type != "meta":
         need = estimate(network, options.dtype, context)
         check_fits(need, options.device, source, options.quant is not None, context)
@@ -415,14 +428,16 @@ def _load_gguf(path: Path, options: LoadOptions) -> Model:
     gguf = GGUFFile(path)
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network, context = _plan(config, options, str(path))
+    network, context = _plan(config, options, str(path), gguf)
     if options.device.type != "meta":
-        # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in
-        table = {EMBEDDING: quantized_table_dtype(options.dtype)} if options.quant else None
-        quantized = [
-            f"{name}.weight" for name, module in network.named_modules() if isinstance(module, QuantizedLinear)
-        ]
-        tensors = gguf.tensors(torch.float32 if options.quant else options.dtype, table, row_blocks=set(quantized))
+        # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in;
+        # layers that keep the file's bits take its blocks
+        requantized = options.quant not in (None, FILE_BITS)
+        table = {EMBEDDING: quantized_table_dtype(options.dtype)} if requantized else None
+        stored = {f"{name}.weight": module for name, module in network.named_modules() if stores_weight(module)}
+        raw = {name for name, module in stored.items() if isinstance(module, GGUFLinear | GGUFEmbedding)}
+        dtype = torch.float32 if requantized else options.dtype
+        tensors = gguf.tensors(dtype, table, row_blocks=set(stored) - raw, raw_blocks=raw)
         network = prepare(load_weights(network, tensors, str(path), options.dtype, options.device, options.progress))
     return Model(network, tokenizer, _gguf_defaults(gguf, _eos_ids(config, tokenizer)), str(path), context)
 

@@ -50,8 +50,9 @@ def estimate(network: Qwen2ForCausalLM, dtype: torch.dtype, context_length: int)
     if quantized:  # the embedding table is kept in bfloat16 (see weights/loader.py)
         weights -= network.model.embed_tokens.weight.numel() * max(element - 2, 0)
     weights += sum(b.numel() * b.element_size() for b in network.buffers())  # quantized weights keep their dtype
-    largest = max(t.numel() for t in [*parameters.values(), *network.buffers()])
-    transient = largest * (4 if quantized else element)  # quantization starts from a float32 copy of each tensor
+    # quantization starts from a float32 copy of each tensor; a GGUF kept at its bits is read a block of rows at a time
+    largest = max(t.numel() for t in [*parameters.values(), *(network.buffers() if quantized else ())])
+    transient = largest * (4 if quantized else element)
     config = network.config
     kv_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * context_length * element
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, loading_transient=transient)

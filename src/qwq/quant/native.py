@@ -25,8 +25,8 @@ from qwq.paths import qwq_home
 
 logger = logging.getLogger(__name__)
 
-# the quantized matmuls, and the rest of a decode step (RMSNorm, one token's attention)
-SOURCES = (Path(__file__).with_name("kernels.cpp"), Path(__file__).with_name("step_kernels.cpp"))
+# the quantized matmuls, the rest of a decode step (RMSNorm, one token's attention), and the GGUF block formats
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.cpp", "step_kernels.cpp", "gguf_kernels.cpp"))
 ROWS = 4  # rows interleaved in the packed layouts
 UNIT = 64  # bytes of one row before the next row's
 INT4_CHUNK = 128  # weights per 64 bytes of int4
