@@ -112,13 +112,17 @@ def _text_ids(path: str, count: int) -> list[int]:
     raise SystemExit(f"MATH-500 holds fewer than {count} tokens")
 
 
+def _imports_llama_cpp(python: str) -> bool:
+    return subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-coder:0.5b")
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
-    parser.add_argument("--llama-python", default="/opt/llama-venv/bin/python", help="an interpreter with llama_cpp")
+    parser.add_argument("--llama-python", default=sys.executable, help="an interpreter with llama_cpp (default: this)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--ids", help=argparse.SUPPRESS)
@@ -137,6 +141,13 @@ def main() -> None:
     results = {}
     for config in ["qwq-float32", *(args.only or CONFIGS)]:
         python = args.llama_python if config == "llama.cpp" else sys.executable
+        if config == "llama.cpp" and not _imports_llama_cpp(python):
+            print(
+                f"llama.cpp not run: llama_cpp is not importable with {python}; install llama-cpp-python there "
+                "(see PERF-NOTES.md) or pass --llama-python",
+                file=sys.stderr,
+            )
+            continue
         command = [python, __file__, "--worker", config, "--path", path, "--ids", str(ids_file)]
         command += ["--reference", str(reference), "--threads", str(args.threads)]
         run = subprocess.run(command, capture_output=True, text=True)
@@ -151,6 +162,8 @@ def main() -> None:
 
     print(f"\n{args.model}: {args.tokens} tokens of MATH-500, against qwq float32 (the file's weights dequantized)\n")
     anchor = results.get("llama.cpp")
+    if anchor is None:
+        print("(no llama.cpp run here: the ratio columns are empty)\n")
     print("| configuration | mean KL | top-1 agreement | KL ÷ llama.cpp's | top-1 − llama.cpp's | seconds |")
     print("|---|---|---|---|---|---|")
     for config, r in results.items():

@@ -34,6 +34,8 @@ def vocabulary() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+# a llama.cpp-like mix of types for a file quantized to Q4_K (Q4_K_M keeps V in Q6_K; the 0.5B has Q8_0 parts)
+GGUF_MIX = {"attn_v.weight": QType.Q6_K, "ffn_down.weight": QType.Q8_0}
 K_SCALE_OFFSETS = {QType.Q2_K: (80, 82), QType.Q3_K: (108,), QType.Q4_K: (0, 2), QType.Q5_K: (0, 2), QType.Q6_K: (208,)}
 
 
@@ -84,15 +86,19 @@ def write_gguf(
     heads: int = SHAPE["heads"],
     rms_norm_eps: float = 1e-6,
     types: dict[str, QType] | None = None,
+    extra_tokens: int = 0,
 ) -> Path:
     """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32), or as
     `types[name]` for GGUF tensor names ending in `name` (as llama.cpp's mixes store V or down in another type);
     `model_name` goes to the metadata's general.name; `context` is its trained context; `heads` and
-    `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves)."""
+    `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves); `extra_tokens`
+    unused control tokens pad the vocabulary (9 make it 272: an LM head every quantized layout can hold)."""
     rng = np.random.default_rng(seed)
     hidden, kv_heads = SHAPE["hidden"], SHAPE["kv_heads"]
     head_dim = hidden // SHAPE["heads"]
-    tokens, types = vocabulary()
+    tokens, token_types = vocabulary()
+    tokens += [f"<|extra_{i}|>" for i in range(extra_tokens)]
+    token_types += [3] * extra_tokens
     writer = gguf.GGUFWriter(str(path), architecture)
     if model_name is not None:
         writer.add_name(model_name)
@@ -107,7 +113,7 @@ def write_gguf(
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    writer.add_token_types(token_types)
     writer.add_token_merges(MERGES)
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))

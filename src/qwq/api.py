@@ -23,6 +23,7 @@ from qwq.config import GenerationDefaults, ModelConfig
 from qwq.engine.engine import Engine, SequenceOutput
 from qwq.engine.grammar import GrammarConstraint
 from qwq.engine.output import Completion
+from qwq.engine.prefix_cache import PrefixCache, prompt_rows_exact
 from qwq.engine.reasoning_split import ReasoningFormat, detect_format
 from qwq.engine.request import (
     GenerationParams,
@@ -39,7 +40,14 @@ from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError,
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS, Preset
-from qwq.quant.gguf_linear import FILE_BITS, GGUFEmbedding, GGUFLinear, file_bits_description, keep_file_bits
+from qwq.quant.gguf_linear import (
+    FILE_BITS,
+    KERNEL_TYPES,
+    GGUFEmbedding,
+    GGUFLinear,
+    file_bits_description,
+    keep_file_bits,
+)
 from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
 from qwq.reasoning.controls import build_controls
@@ -65,6 +73,7 @@ _CONTROL_KEYWORDS = (
 )
 CACHE_STEP = 256  # a Model's own KV cache grows in steps of this many positions
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KV_CACHE_DTYPES = {"bf16": torch.bfloat16, "f32": torch.float32}
 
 
 class Model:
@@ -85,6 +94,8 @@ class Model:
         self.reasoning = detect_format(tokenizer) if tokenizer is not None else ReasoningFormat.named("none")
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        # cached prompt prefixes, shared by every engine on this model (its own and a server's): where exact
+        self.prefix_cache = PrefixCache() if prompt_rows_exact(network) else None
 
     @property
     def config(self) -> ModelConfig:
@@ -243,7 +254,7 @@ class Model:
         engine = self._engine
         if engine is None or engine.context_length < needed or engine.context_length > self.context_length:
             self._engine = None  # free the old cache before the new one is allocated
-            self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1)
+            self._engine = Engine(self.network, self.tokenizer, needed, max_batch=1, prefix_cache=self.prefix_cache)
         return self._engine
 
     def complete(self, request: Request) -> Completion:
@@ -258,7 +269,8 @@ class Model:
                 self._lock.release()
                 raise
         else:
-            outputs, release = Engine(self.network, self.tokenizer, size, max_batch=1).stream(request), None
+            engine = Engine(self.network, self.tokenizer, size, max_batch=1, prefix_cache=self.prefix_cache)
+            outputs, release = engine.stream(request), None
         return Completion(outputs, request, self.splitter_args(request), on_close=release)
 
     def complete_batch(
@@ -272,7 +284,14 @@ class Model:
         self._require_weights()
         size = max(len(r.prompt_ids) + r.params.max_tokens for r in requests)
         slots = max(1, min(max_batch or len(requests), len(requests)))
-        engine = Engine(self.network, self.tokenizer, size, max_batch=slots, max_waiting=len(requests))
+        engine = Engine(
+            self.network,
+            self.tokenizer,
+            size,
+            max_batch=slots,
+            max_waiting=len(requests),
+            prefix_cache=self.prefix_cache,
+        )
         engine.add(requests)
         by_id = {r.request_id: (i, r) for i, r in enumerate(requests)}
         collected: dict[int, list[SequenceOutput]] = {r.request_id: [] for r in requests}
@@ -374,10 +393,26 @@ def _eos_ids(config: ModelConfig, tokenizer: Tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def _resolve_kv_cache(kv_cache: str | None, quant: str | None) -> torch.dtype | None:
+    """The KV cache's dtype: as asked, else bfloat16 for a quantized model, else None (the activations')."""
+    if kv_cache is None:
+        return torch.bfloat16 if quant else None
+    if kv_cache not in KV_CACHE_DTYPES:
+        raise InvalidRequestError(
+            f"kv_cache {kv_cache!r} is not supported; choose one of {sorted(KV_CACHE_DTYPES)}", field="kv_cache"
+        )
+    return KV_CACHE_DTYPES[kv_cache]
+
+
 def _empty_network(
-    config: ModelConfig, quant: str | None, group_size: int, gguf: GGUFFile | None = None
+    config: ModelConfig,
+    quant: str | None,
+    group_size: int,
+    kv_dtype: torch.dtype | None,
+    gguf: GGUFFile | None = None,
 ) -> Qwen2ForCausalLM:
     network = build_empty(config)
+    network.kv_cache_dtype = kv_dtype
     if quant == FILE_BITS:
         if gguf is None:
             raise InvalidRequestError(f"quant={FILE_BITS!r} keeps a GGUF file's own bits: it needs a .gguf file")
@@ -393,10 +428,12 @@ class LoadOptions:
     device: torch.device
     quant: str | None
     group_size: int
+    kv_dtype: torch.dtype | None
     context_length: int | None
     default_context_length: int | None
     check_memory: bool
     progress: Callable[[int, int], None] | None
+    file_bits: bool = False  # a quantized GGUF keeps its own bits (neither a dtype nor a quant was asked for)
 
 
 def _context_length(config: ModelConfig, requested: int | None, source: str, default: int | None = None) -> int:
@@ -417,7 +454,7 @@ def _plan(
 ) -> tuple[Qwen2ForCausalLM, int]:
     """The empty (meta) network and the context length, after checking the model will fit in memory."""
     context = _context_length(config, options.context_length, source, options.default_context_length)
-    network = _empty_network(config, options.quant, options.group_size, gguf)
+    network = _empty_network(config, options.quant, options.group_size, options.kv_dtype, gguf)
     if options.check_memory and options.device.type != "meta":
         need = estimate(network, options.dtype, context)
         check_fits(need, options.device, source, options.quant is not None, context)
@@ -426,6 +463,17 @@ def _plan(
 
 def _load_gguf(path: Path, options: LoadOptions) -> Model:
     gguf = GGUFFile(path)
+    quantized = [t.name for t in set(gguf.tensor_types().values()) if t in KERNEL_TYPES]
+    if options.file_bits and options.quant is None and quantized:
+        options = dataclasses.replace(options, quant=FILE_BITS, kv_dtype=options.kv_dtype or torch.bfloat16)
+    elif options.quant in ("int8", "int4") and quantized:
+        logger.warning(
+            "%s: re-quantizing its %s weights to %s rounds them a second time; without --quant the file runs at its "
+            "own bits",
+            path,
+            "/".join(sorted(quantized)),
+            options.quant,
+        )
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
     network, context = _plan(config, options, str(path), gguf)
@@ -493,6 +541,7 @@ def load(
     quant: str | None = None,
     quant_group_size: int = 32,
     *,
+    kv_cache: str | None = None,
     context_length: int | None = None,
     default_context_length: int | None = None,
     check_memory: bool = True,
@@ -505,11 +554,14 @@ def load(
     and builds the architecture without weights (for planning, parameter counts, `qwq show`).
     dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output
     channel) or "int4" (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included,
-    quantized (CPU only: it runs on PyTorch's packed CPU kernels). `context_length` caps the context (and the
-    memory the KV cache may take); without it the context is the model's, or `default_context_length` when
-    that is smaller (the CLI's laptop-sized default). Unless `check_memory` is False, a model that will not
-    fit in the available memory is refused before any weight is read. `progress(done, total)` is called per
-    tensor loaded.
+    quantized (CPU only: it runs on PyTorch's packed CPU kernels). A quantized GGUF on CPU keeps its own bits
+    (quant "gguf": its Q4_K, Q6_K, Q8_0, ... blocks on qwq's kernels) unless a dtype (dequantized, as for
+    parity) or int8/int4 (re-quantized) is asked for. `kv_cache` "bf16" or "f32" is the KV cache's
+    dtype (default: "bf16" for a quantized model, the activations' dtype otherwise). `context_length` caps the
+    context (and the memory the KV cache may take); without it the context is the model's, or
+    `default_context_length` when that is smaller (the CLI's laptop-sized default). Unless `check_memory` is
+    False, a model that will not fit in the available memory is refused before any weight is read.
+    `progress(done, total)` is called per tensor loaded.
     """
     resolved_device = _resolve_device(device)
     options = LoadOptions(
@@ -517,10 +569,12 @@ def load(
         device=resolved_device,
         quant=quant,
         group_size=quant_group_size,
+        kv_dtype=_resolve_kv_cache(kv_cache, quant),
         context_length=context_length,
         default_context_length=default_context_length,
         check_memory=check_memory,
         progress=progress,
+        file_bits=dtype is None and resolved_device.type in ("cpu", "meta"),
     )
     if quant is not None and resolved_device.type not in ("cpu", "meta"):
         raise InvalidRequestError(f"quant={quant!r} runs on CPU kernels; on {resolved_device.type} load bfloat16")
@@ -532,7 +586,7 @@ def load(
                 f"{name!r} is a preset without local weights: pass device='meta' to build it for planning, "
                 f"or download {preset.hub_repo} and load its directory"
             )
-        network = _empty_network(preset.config, quant, quant_group_size)
+        network = _empty_network(preset.config, quant, quant_group_size, options.kv_dtype)
         context = _context_length(preset.config, context_length, name, default_context_length)
         return Model(network, None, preset.generation, name, context)
     path = resolve(source)

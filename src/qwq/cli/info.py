@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from qwq.api import Model
-from qwq.config import GenerationDefaults
+from qwq.config import GenerationDefaults, ModelConfig
+from qwq.memory import dtype_name
+from qwq.model.kv_cache import KVCache
 
 
 def info_rows(model: Model) -> list[tuple[str, str]]:
@@ -18,9 +22,30 @@ def info_rows(model: Model) -> list[tuple[str, str]]:
         ("context length", context),
         ("embedding length", str(config.hidden_size)),
         ("attention heads", f"{config.num_attention_heads} (key/value: {config.num_key_value_heads})"),
+        ("KV cache", kv_cache_description(config, model.network.cache_dtype(), model.context_length)),
         ("vocabulary", str(config.vocab_size)),
         ("source", model.source),
     ]
+
+
+def kv_cache_description(config: ModelConfig, dtype: torch.dtype, context: int) -> str:
+    """The KV cache's dtype and bytes per position (what a longer context costs), and bfloat16's if it is not."""
+
+    def cost(kind: torch.dtype) -> str:
+        per_position = KVCache.bytes_per_position(config, kind)
+        return f"{_size(per_position)} a position, {_size(per_position * context)} at {context}"
+
+    text = f"{dtype_name(dtype)}: {cost(dtype)}"
+    if dtype != torch.bfloat16:
+        text += f" (bfloat16, the default with --quant or --kv-cache bf16: {cost(torch.bfloat16)})"
+    return text
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}"
+    return f"{count} B"
 
 
 def parameter_rows(defaults: GenerationDefaults) -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
-"""The load-time flags every model-loading command shares (--dtype, --device, --quant, --threads, --ctx), and
-loading with them: checked before any file is read, with a progress bar on a terminal."""
+"""The load-time flags every model-loading command shares (--dtype, --device, --quant, --kv-cache, --threads,
+--ctx), and loading with them: checked before any file is read, with a progress bar on a terminal."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from qwq.api import Model, load
+from qwq.api import KV_CACHE_DTYPES, Model, load
 from qwq.errors import InvalidRequestError
 
 DEFAULT_CONTEXT = 8192  # the CLI's context when --ctx is not given (capped by the model's own)
@@ -19,6 +19,8 @@ def add_load_options(command: argparse.ArgumentParser | argparse._ArgumentGroup)
     command.add_argument("--device")
     command.add_argument("--quant", choices=["int8", "int4"], help="weight-only quantization (CPU)")
     command.add_argument("--quant-group-size", type=int, default=32, help="int4 group size (32, 64, 128, 256)")
+    kv_help = "KV cache dtype (default: bf16 with --quant, else the activations')"
+    command.add_argument("--kv-cache", choices=sorted(KV_CACHE_DTYPES), help=kv_help)
     command.add_argument("--threads", type=int, help="CPU threads (default: all cores torch sees)")
     command.add_argument(
         "--ctx", type=int, help=f"context length (default: the model's; run, serve, bench cap it at {DEFAULT_CONTEXT})"
@@ -48,6 +50,7 @@ def load_model(args: argparse.Namespace, bar: bool = True, default_context: int 
         "device": args.device,
         "quant": args.quant,
         "quant_group_size": args.quant_group_size,
+        "kv_cache": args.kv_cache,
         "context_length": args.ctx,
         "default_context_length": default_context,  # laptop-sized KV cache unless --ctx says otherwise
     }

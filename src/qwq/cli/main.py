@@ -1,4 +1,5 @@
-"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `serve`, `bench`.
+"""The `qwq` command line: `run` (one-shot or interactive chat), `pull`, `list`, `show`, `rm`, `serve`, `ps`,
+`stop`, `bench`, `check`, `eval`.
 
 The CLI is a client of the same Python API everyone else uses; it is the only place that configures
 logging and prints. Errors are one line on stderr with a non-zero exit code, never a traceback.
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,20 +23,16 @@ from qwq.api import Model, load
 from qwq.benchmark import run_benchmark
 from qwq.cli.eval_command import add_eval_parser, run_eval_command
 from qwq.cli.info import format_rows, info_rows, parameter_rows
-from qwq.cli.loading import add_load_options, load_model
+from qwq.cli.loading import add_load_options, check_load_options, load_model
+from qwq.cli.params import add_control_options, add_sampling_options, params_from
+from qwq.cli.pull_display import PullDisplay
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
+from qwq.cli.server_client import add_host_option, ps_command, stop_command
 from qwq.engine.reasoning_split import STYLES, ReasoningFormat
-from qwq.engine.request import (
-    LANGUAGE_MODES,
-    LANGUAGE_SCOPES,
-    LOOP_ACTIONS,
-    GenerationParams,
-    LanguageParams,
-    ReasoningParams,
-)
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.local_models import DEFAULT_MODEL
 from qwq.reasoning.guard_protocol import Guard
+from qwq.server.keep_alive import DEFAULT_KEEP_ALIVE
 from qwq.store import ALIASES, CATALOG, list_pulled, lookup, pull, remove, resolve
 
 _GUARD_HELP = "a safety guard for prompts and replies: a policy .toml file, or a guard model (name or path)"
@@ -51,13 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         "prompt", nargs="*", help="the question (its words, as ollama takes them); read from stdin when piped"
     )
     run.add_argument("--system", help="a system message to put first")
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--top-k", type=int)
-    run.add_argument("--min-p", type=float)
-    run.add_argument("--repeat-penalty", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--max-tokens", type=int, help="new tokens at most (default: until the context is full)")
+    add_sampling_options(run)
     run.add_argument("--hide-reasoning", action="store_true", help="print only the final answer")
     run.add_argument(
         "--reasoning-format",
@@ -66,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how the reasoning is told apart from the answer (default: from the model's vocabulary and template)",
     )
     run.add_argument("--verbose", action="store_true", help="print timings and token rates after each answer")
-    _add_control_options(run)
+    add_control_options(run).add_argument("--guard", help=_GUARD_HELP)
     add_load_options(run)
     pull_command = commands.add_parser("pull", help="download and verify models")
     pull_command.add_argument("names", nargs="+", metavar="MODEL", help="names such as qwq or hf.co/OWNER/REPO")
@@ -78,7 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     rm = commands.add_parser("rm", help="delete pulled models from the local store")
     rm.add_argument("names", nargs="+", metavar="MODEL")
     serve = commands.add_parser("serve", help="serve OpenAI- and Ollama-compatible APIs and a web chat page")
-    serve.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=_MODEL_HELP)
+    serve.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="models to serve besides every pulled one (the first loaded at start): names, .gguf files, folders",
+    )
+    serve.add_argument(
+        "--max-loaded",
+        type=int,
+        help="models resident at once; the least recently used is unloaded first (default: $QWQ_MAX_LOADED, else 1)",
+    )
+    serve.add_argument(
+        "--keep-alive",
+        default=os.environ.get("QWQ_KEEP_ALIVE", DEFAULT_KEEP_ALIVE),
+        help="how long an idle model stays loaded: 5m, 1h, seconds, 0, -1 for ever (default: $QWQ_KEEP_ALIVE, else 5m)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     serve.add_argument("--port", type=int, default=11435)
     serve.add_argument("--api-key", help="require this bearer key (seen in `ps`: prefer --api-key-file, QWQ_API_KEY)")
@@ -97,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond which the server says 503")
     serve.add_argument("--reasoning-format", choices=["auto", *STYLES], default="auto")
     serve.add_argument("--guard", help=_GUARD_HELP)
+    add_sampling_options(serve.add_argument_group("sampling defaults (for requests that leave them unset)"))
     add_load_options(serve)
+    ps = commands.add_parser("ps", help="list the models a running `qwq serve` holds in memory")
+    add_host_option(ps)
+    stop = commands.add_parser("stop", help="unload a model from a running `qwq serve`")
+    stop.add_argument("models", nargs="+", metavar="MODEL")
+    add_host_option(stop)
     check = commands.add_parser("check", help="read every tensor of a checkpoint and scan it for NaN and infinities")
     check.add_argument("model", help=_MODEL_HELP)
     bench = commands.add_parser("bench", help="measure time to first token, prefill and decode speed, peak memory")
@@ -109,63 +122,6 @@ def _parser() -> argparse.ArgumentParser:
     add_load_options(bench)
     add_eval_parser(commands)
     return parser
-
-
-def _add_control_options(command: argparse.ArgumentParser) -> None:
-    """The reasoning controls (per request; the REPL changes them with /set)."""
-    group = command.add_argument_group("reasoning controls")
-    group.add_argument("--think-budget", type=int, metavar="N", help="reasoning tokens at most, then the answer")
-    group.add_argument("--min-think", type=int, metavar="N", help="reasoning closed before N tokens continues (Wait)")
-    group.add_argument("--answer-budget", type=int, metavar="N", help="answer tokens at most once a control cued it")
-    group.add_argument(
-        "--loop",
-        choices=LOOP_ACTIONS,
-        help="a detected loop: recover (cut it and answer; the default for reasoning models), stop, or off",
-    )
-    group.add_argument("--language-guard", choices=LANGUAGE_MODES, help="keep the reply to one language's script")
-    group.add_argument("--language", metavar="CODE", help="the language guard's language (default: the prompt's)")
-    group.add_argument("--language-scope", choices=LANGUAGE_SCOPES, help="reasoning, answer or both (default)")
-    group.add_argument("--guard", help=_GUARD_HELP)
-
-
-_FLAG_NAMES = {
-    "max_thinking_tokens": "--think-budget",
-    "min_thinking_tokens": "--min-think",
-    "max_answer_tokens": "--answer-budget",
-}
-
-
-def _params(args: argparse.Namespace) -> GenerationParams:
-    """The command line's translation into the one request type (checked before the model loads; a bad
-    control value is named by its flag)."""
-    try:
-        return _params_of(args)
-    except InvalidRequestError as exc:
-        message = str(exc)
-        for field, flag in _FLAG_NAMES.items():
-            message = message.replace(field, flag)
-        raise InvalidRequestError(message, field=exc.field) from None
-
-
-def _params_of(args: argparse.Namespace) -> GenerationParams:
-    return GenerationParams.of(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
-        reasoning=ReasoningParams().merged(
-            loop=args.loop,
-            max_thinking_tokens=args.think_budget,
-            min_thinking_tokens=args.min_think,
-            max_answer_tokens=args.answer_budget,
-            language=LanguageParams(
-                mode=args.language_guard or "off", language=args.language, scope=args.language_scope or "both"
-            ),
-        ),
-    )
 
 
 def _set_reasoning_format(args: argparse.Namespace, model: Model) -> None:
@@ -190,7 +146,7 @@ def _run(args: argparse.Namespace) -> int:
     if not interactive and not prompt.strip():
         print("error: no prompt given (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
-    params = _params(args)
+    params = params_from(args)
     started = time.perf_counter()
     guard = _guard(args)
     model = load_model(args)
@@ -217,7 +173,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     for name in args.names:
-        print(pull(name))
+        with PullDisplay(sys.stderr) as display:
+            path = pull(name, display)
+        print(path)
     return 0
 
 
@@ -256,32 +214,64 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from qwq.server.run import check_port_free, serve
+    from qwq.server.keep_alive import keep_alive_seconds
+    from qwq.server.registry import ModelRegistry
+    from qwq.server.run import check_port_free, serve, service_opener
+    from qwq.server.served_models import ModelCatalog, ServedModel, given_model
 
     if args.max_batch < 1 or args.max_queue < 0:
         raise InvalidRequestError("--max-batch must be at least 1 and --max-queue at least 0")
+    if args.max_loaded is None:
+        loaded = os.environ.get("QWQ_MAX_LOADED", "1")
+        if not loaded.strip().isdigit():
+            raise InvalidRequestError(f"QWQ_MAX_LOADED must be a number of models, got {loaded!r}")
+        args.max_loaded = int(loaded)
+    if args.max_loaded < 1:
+        raise InvalidRequestError(f"--max-loaded must be at least 1, got {args.max_loaded}")
     if not 0 < args.read_timeout < float("inf"):
         raise InvalidRequestError(f"--read-timeout must be a positive number of seconds, got {args.read_timeout:g}")
+    keep_alive = keep_alive_seconds(args.keep_alive, "--keep-alive")
+    defaults = params_from(args)
     api_key = _api_key(args)
+    check_load_options(args)
     check_port_free(args.host, args.port)  # before the model loads, not after a minute of it
-    started = time.perf_counter()
     guard = _guard(args)
-    model = load_model(args)
-    _set_reasoning_format(args, model)
+    given = [given_model(name) for name in args.models]
+
+    def load_served(served: ServedModel) -> Model:
+        """With the command's load flags; a bar only for the loads at start (on the main thread): a load on
+        first use, in a request's thread, is told in the log."""
+        options = argparse.Namespace(**{**vars(args), "model": served.source})
+        model = load_model(options, bar=threading.current_thread() is threading.main_thread())
+        _set_reasoning_format(args, model)
+        return model
+
+    def read_header(served: ServedModel) -> Model:
+        """Its config and tokenizer with the same flags, no weights: a broken file is refused before room is
+        made for it."""
+        return load_model(argparse.Namespace(**{**vars(args), "model": str(served.path), "device": "meta"}), bar=False)
+
+    opener = service_opener(
+        load_served, guard=guard, defaults=defaults, max_batch=args.max_batch, max_queue=args.max_queue
+    )
+    models = ModelRegistry(
+        ModelCatalog(given), opener, preflight=read_header, max_loaded=args.max_loaded, keep_alive=keep_alive
+    )
     logging.getLogger("qwq").setLevel(logging.INFO)
+    try:
+        for served in given[: args.max_loaded]:  # loaded at start: a broken model is told now, not on first use
+            models.release(models.acquire(served.name))
+    except QwqError:
+        models.close()
+        raise
     return serve(
-        model,
-        args.model,
-        time.perf_counter() - started,
-        guard=guard,
+        models,
         host=args.host,
         port=args.port,
         api_key=api_key,
         cors_origins=args.cors_origin,
         allowed_hosts=args.allowed_host,
         read_timeout=args.read_timeout,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
     )
 
 
@@ -393,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         "show": _show,
         "rm": _rm,
         "serve": _serve,
+        "ps": ps_command,
+        "stop": stop_command,
         "bench": _bench,
         "check": _check,
         "eval": run_eval_command,

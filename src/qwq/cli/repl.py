@@ -1,5 +1,6 @@
 """The interactive chat of `qwq run MODEL`, as ollama's: streamed replies with the reasoning shown apart,
-`/set`, `/show`, `/clear`, `/bye`, `\"\"\"` multi-line input, history with the arrow keys (readline),
+`/set` (parameters, system, think | nothink, format json | noformat), `/show`, `/save` and `/load`
+(conversations), `/clear`, `/bye`, `\"\"\"` multi-line input, history with the arrow keys (readline),
 Ctrl+C to stop an answer and keep the session, Ctrl+D to leave.
 """
 
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from qwq.api import Model
+from qwq.cli import conversations
 from qwq.cli.info import format_rows, info_rows, parameter_rows
 from qwq.cli.render import ReplyPrinter, finish_note, print_stats
 from qwq.engine.request import GenerationParams
+from qwq.engine.structured import StructuredOutput
 from qwq.errors import InvalidRequestError, QwqError
 from qwq.paths import qwq_home
 from qwq.reasoning.guard_protocol import Guard
@@ -26,8 +29,11 @@ HELP = """Available commands:
                               think_budget N, min_think N, answer_budget N, loop recover|stop|off,
                               language_guard off|warn|enforce, language CODE
   /set system "TEXT"          set the system message
+  /set think | nothink        show the reasoning apart from the answer (the default), or only the answer
+  /set format json | noformat answers as one JSON object (enforced token by token), or free text
   /set verbose | quiet        show or hide statistics after each answer
   /show info | parameters | system | template
+  /save NAME | /load NAME     keep the conversation under a name ($QWQ_HOME/conversations), or go back to one
   /clear                      forget the conversation so far
   /bye                        exit (also Ctrl+D)
   /?                          this help
@@ -179,6 +185,10 @@ class ChatSession:
             print(self._set(args))
         elif head == "/show":
             print(self._show(args))
+        elif head in ("/save", "/load") and len(args) == 1:
+            print(self._save(args[0]) if head == "/save" else self._load(args[0]))
+        elif head in ("/save", "/load"):
+            raise InvalidRequestError(f"usage: {head} NAME")
         else:
             raise InvalidRequestError(f"unknown command {head!r}; type /? for help")
         return True
@@ -195,7 +205,27 @@ class ChatSession:
         if args in (["verbose"], ["quiet"]):
             self.settings.verbose = args == ["verbose"]
             return f"Set '{args[0]}' mode."
-        raise InvalidRequestError('usage: /set parameter NAME VALUE | /set system "TEXT" | /set verbose | quiet')
+        if args in (["think"], ["nothink"]):
+            self.settings.hide_reasoning = args == ["nothink"]
+            return f"Set '{args[0]}' mode."
+        if args in (["format", "json"], ["noformat"]):
+            structured = StructuredOutput("json_object") if args[0] == "format" else None
+            self.settings.params = replace(self.settings.params, structured=structured)
+            return "Set format to 'json' mode." if structured else "Disabled format."
+        raise InvalidRequestError(
+            'usage: /set parameter NAME VALUE | /set system "TEXT" | /set think | nothink | /set format json | '
+            "noformat | /set verbose | quiet"
+        )
+
+    def _save(self, name: str) -> str:
+        path = conversations.save(name, conversations.Conversation(list(self.messages), self.settings.system))
+        return f"Saved conversation '{name}' ({len(self.messages)} messages) to {path}"
+
+    def _load(self, name: str) -> str:
+        saved = conversations.load(name)
+        self.messages = list(saved.messages)
+        self.settings.system = saved.system
+        return f"Loaded conversation '{name}' ({len(saved.messages)} messages)"
 
     def _show(self, args: list[str]) -> str:
         model = self.model

@@ -4,7 +4,9 @@ sequence in an `Engine`, and `Engine.step` advances all of them together.
 A step admits waiting requests into free KV-cache slots, feeds the model what each sequence's cache lacks
 (scheduler.py: batched one-token decodes plus prompt chunks under a token budget), passes each sequence's
 logits through its processor chain, samples, appends, runs its token hooks, and applies the one stop check.
-The engine owns the KV cache. A failure fails only the request at fault (finish reason `error`, with a
+The engine owns the KV cache, and optionally a prefix cache (prefix_cache.py: a new prompt starts after its
+longest cached prefix) and speculative decoding (drafting.py: drafted tokens verified as extra rows of the
+step's one forward). A failure fails only the request at fault (finish reason `error`, with a
 message); the others go on. `Engine.stream` is the synchronous driver (one request, this thread);
 `background.EngineThread` drives the same engine for the server.
 """
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from qwq.engine.drafting import MAX_DRAFT, PromptLookupDrafter
+from qwq.engine.prefix_cache import BLOCK, PrefixCache
 from qwq.engine.processors import default_chain
 from qwq.engine.request import Request, check_prompt
 from qwq.engine.sampling import make_generator, sample
@@ -49,12 +53,24 @@ class SequenceOutput:
     rolled_back: int = 0
     text_start: int = 0  # `text` replaces the reply's text from this character on (a rollback takes text back)
     notices: tuple[Notice, ...] = ()
+    cached_tokens: int = 0  # prompt tokens served by the prefix cache
 
 
 @dataclass
 class _Inbox:
     waiting: list[Request] = field(default_factory=list)
     aborted: set[int] = field(default_factory=set)
+
+
+# rows of one step's forward, drafts included: where the decode kernels' cost per row is still small
+MAX_ROWS = 16
+
+
+def decode_rows_exact(model: Qwen2ForCausalLM) -> bool:
+    """Whether a one-token row computes the same numbers whatever else is in the forward: every layer's decode
+    step and the LM head on qwq's kernels (rows independent); what speculative decoding needs to be exact."""
+    head = model.lm_head
+    return all(layer.native_step is not None for layer in model.model.layers) and bool(getattr(head, "native", False))
 
 
 def _failure_message(exc: Exception) -> str:
@@ -72,15 +88,25 @@ class Engine:
         max_batch: int = 1,
         max_waiting: int = 64,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        prefix_cache: PrefixCache | None = None,
+        speculative: bool | None = None,
     ) -> None:
+        """prefix_cache: the pool of cached prompt prefixes to use (it may be shared by several engines of one
+        model); speculative: draft by prompt lookup (None: where it is exact, see `decode_rows_exact`)."""
         if max_batch < 1 or max_waiting < 0 or prefill_chunk < 1:
             raise InvalidRequestError("max_batch and prefill_chunk must be at least 1, max_waiting at least 0")
+        if prefix_cache is not None and prefill_chunk % BLOCK:
+            raise InvalidRequestError(f"with a prefix cache, prefill_chunk must be a multiple of {BLOCK}")
         self.model = model
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.max_waiting = max_waiting
         self.device = model.model.embed_tokens.weight.device
         self.cache = model.new_cache(max_batch, context_length)
+        self.prefix_cache = prefix_cache
+        self.speculative = decode_rows_exact(model) if speculative is None else speculative
+        self.drafted_tokens = 0  # speculative decoding so far: tokens drafted, and kept
+        self.kept_tokens = 0
         self.scheduler = Scheduler(max_batch, prefill_chunk)
         self._lock = threading.Lock()  # guards the inbox: add and abort come from any thread
         self._inbox = _Inbox()
@@ -208,12 +234,30 @@ class Engine:
                 self._in_flight -= 1
                 free.insert(0, sequence.slot)
                 continue
+            if self.prefix_cache is not None:
+                sequence.num_computed = sequence.cached_tokens = self._load_prefix(sequence)
+            if self.speculative:
+                sequence.drafter = PromptLookupDrafter()
             self.scheduler.running.append(sequence)
 
-    def _decode(self, batch: list[SequenceState]) -> None:
-        """One forward for every one-token sequence; if it fails, each row alone, so only the faulty fail."""
+    def _load_prefix(self, sequence: SequenceState) -> int:
         try:
-            logits = self._forward(batch, [s.pending for s in batch])
+            return self.prefix_cache.load(sequence.token_ids, self.cache, sequence.slot)
+        except Exception:  # the cache is an optimization: a failure computes the prompt instead
+            logger.exception("prefix cache lookup failed for request %d", sequence.request.request_id)
+            return 0
+
+    def _decode(self, batch: list[SequenceState]) -> None:
+        """One forward for every one-token sequence, each with its drafted tokens as further rows; if it fails,
+        each sequence alone, so only the faulty fail."""
+        drafts = self._drafts(batch)
+        rows = [
+            (sequence, sequence.num_computed + i, token)
+            for sequence, draft in zip(batch, drafts, strict=True)
+            for i, token in enumerate(sequence.pending + draft)
+        ]
+        try:
+            logits = self._forward_rows(rows)
         except Exception:
             if len(batch) == 1:
                 self._forward_failed(batch[0])
@@ -221,32 +265,84 @@ class Engine:
                 for sequence in batch:
                     self._decode([sequence])
             return
-        for sequence, row in zip(batch, logits, strict=True):
-            sequence.num_computed += 1
+        first = 0
+        for sequence, draft in zip(batch, drafts, strict=True):
+            self._accept(sequence, draft, logits[first : first + 1 + len(draft)])
+            first += 1 + len(draft)
+
+    def _drafts(self, batch: list[SequenceState]) -> list[list[int]]:
+        """Each sequence's drafted tokens, within the rows a step may have, its token budget and the cache."""
+        spare = MAX_ROWS - len(batch)
+        drafts: list[list[int]] = []
+        for sequence in batch:
+            draft: list[int] = []
+            if sequence.drafter is not None and spare > 0:
+                room = min(
+                    spare,
+                    MAX_DRAFT,
+                    sequence.params.max_tokens - sequence.num_output - 1,
+                    self.context_length - len(sequence.token_ids) - 1,
+                )
+                draft = sequence.drafter.draft(sequence.token_ids, room) if room > 0 else []
+            spare -= len(draft)
+            drafts.append(draft)
+        return drafts
+
+    def _accept(self, sequence: SequenceState, draft: list[int], logits: torch.Tensor) -> None:
+        """Choose tokens from the rows of one sequence in order: row i was fed draft token i-1, so its logits
+        are valid only while every token chosen so far equals its draft (and no hook changed the sequence)."""
+        start = sequence.num_computed
+        kept = 0
+        for index, row in enumerate(logits):
+            sequence.num_computed = start + index + 1
             self._advance(sequence, row)
+            if index == len(draft) or sequence.finished or sequence.pending != [draft[index]]:
+                break
+            kept += 1
+        if sequence.drafter is not None:
+            sequence.drafter.record(len(draft), kept)
+        self.drafted_tokens += len(draft)
+        self.kept_tokens += kept
 
     def _prefill(self, sequence: SequenceState, count: int) -> None:
         start = sequence.num_computed
         try:
-            logits = self._forward([sequence], [sequence.token_ids[start : start + count]])
+            logits = self._forward_chunk(sequence, sequence.token_ids[start : start + count])
         except Exception:
             self._forward_failed(sequence)
             return
         sequence.num_computed += count
+        if self.prefix_cache is not None and start < sequence.prompt_length:
+            self._store_prefix(sequence)
         if not sequence.pending:  # prompt (or forced tokens) all in: the logits after them choose the next token
             self._advance(sequence, logits[0])
+
+    def _store_prefix(self, sequence: SequenceState) -> None:
+        try:
+            computed = min(sequence.num_computed, sequence.prompt_length)
+            self.prefix_cache.store(sequence.token_ids, computed, self.cache, sequence.slot)
+        except Exception:  # the cache is an optimization: the request goes on without it
+            logger.exception("prefix cache store failed for request %d", sequence.request.request_id)
 
     def _forward_failed(self, sequence: SequenceState) -> None:
         logger.exception("forward failed for request %d", sequence.request.request_id)
         sequence.finish("error", "generation failed in the model's forward pass (see the server log)")
 
-    def _forward(self, sequences: list[SequenceState], chunks: list[list[int]]) -> torch.Tensor:
-        """Logits after each sequence's chunk (all chunks one token long, or a single sequence): (B, vocab)."""
+    def _forward_chunk(self, sequence: SequenceState, chunk: list[int]) -> torch.Tensor:
+        """Logits after one sequence's chunk of tokens, fed from its first uncomputed position: (1, vocab)."""
         device = self.device
-        ids = torch.tensor(chunks, device=device)  # (B, T)
-        starts = torch.tensor([s.num_computed for s in sequences], device=device)
-        positions = starts[:, None] + torch.arange(ids.shape[1], device=device)[None]  # (B, T)
-        slots = torch.tensor([s.slot for s in sequences], device=device)
+        ids = torch.tensor([chunk], device=device)  # (1, T)
+        positions = sequence.num_computed + torch.arange(len(chunk), device=device)[None]  # (1, T)
+        slots = torch.tensor([sequence.slot], device=device)
+        return self.model(ids, positions, self.cache, slots, last_only=True)[:, -1].float()
+
+    def _forward_rows(self, rows: list[tuple[SequenceState, int, int]]) -> torch.Tensor:
+        """Logits after each one-token row (sequence, position, token); rows of one sequence at consecutive
+        positions see each other's entries (all are written before any attends): (rows, vocab)."""
+        device = self.device
+        ids = torch.tensor([[token] for _, _, token in rows], device=device)  # (R, 1)
+        positions = torch.tensor([[position] for _, position, _ in rows], device=device)
+        slots = torch.tensor([s.slot for s, _, _ in rows], device=device)
         return self.model(ids, positions, self.cache, slots, last_only=True)[:, -1].float()
 
     def _advance(self, sequence: SequenceState, logits: torch.Tensor) -> None:
@@ -296,6 +392,7 @@ class Engine:
             sequence.rolled_back,
             text_start,
             tuple(notices),
+            sequence.cached_tokens,
         )
 
     def _release_finished(self) -> None:

@@ -41,7 +41,9 @@ class Scheduler:
             if pending == 1:
                 plan.decode.append(sequence)
                 continue
-            chunk = min(pending, self.prefill_chunk)
+            # chunks end on a grid of the chunk size, so a prompt resumed after a cached prefix is cut as it
+            # would be from its start (prefix_cache.py)
+            chunk = min(pending, self.prefill_chunk - sequence.num_computed % self.prefill_chunk)
             if used + chunk <= self.prefill_chunk or not plan.prefill:
                 plan.prefill.append((sequence, chunk))
                 used += chunk

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qwq.engine.detokenizer import IncrementalDetokenizer
+from qwq.engine.drafting import PromptLookupDrafter
 from qwq.engine.request import FINISH_REASONS, GenerationParams, Request
 from qwq.engine.stop_strings import StopStringMatcher
 from qwq.errors import InvalidRequestError
@@ -56,6 +57,8 @@ class SequenceState:
         self.error: str | None = None
         self.rolled_back = 0  # output tokens dropped by rollbacks so far
         self.generator: torch.Generator | None = None
+        self.cached_tokens = 0  # prompt tokens whose entries came from the prefix cache
+        self.drafter: PromptLookupDrafter | None = None  # speculative decoding, where the engine runs it
         self._vocab_size = vocab_size
         self._device = device
         self._counts: torch.Tensor | None = None

@@ -1,4 +1,8 @@
-"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache."""
+"""Grouped-query self-attention with Q/K/V bias, rotary positions and an optional KV cache.
+
+This is the path of prompt chunks (and of float models' decode); a quantized model's one-token decode runs in
+C++ (qwq/quant/step_kernels.cpp, `decode_attention`), which computes the same from the same cache.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from torch import nn
 from qwq.config import ModelConfig
 from qwq.model.kv_cache import LayerCache
 from qwq.model.layers import apply_rotary
+from qwq.model.row_tiles import row_tiles
 
 
 class Attention(nn.Module):
@@ -53,7 +58,27 @@ class Attention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D)
-        causal = mask is None and seq > 1
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)  # (B, H, T, D)
+            k, v = cache.update(slots, positions, k, v, end)  # (B, Hkv, end, D), in the cache's dtype
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a narrower cache's values, exactly, for SDPA (no-op if equal)
+        if cache is not None and seq > 1:
+            out = _tiled_attention(q, k, v, positions)
+        else:
+            causal = mask is None and seq > 1
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
+
+
+def _tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A cached chunk's attention ROW_TILE queries at a time (see row_tiles.py), each tile over exactly the keys
+    up to its last row, causally masked: q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, D)."""
+    tiles = []
+    keys = torch.arange(k.shape[2], device=q.device)
+    for start, end in row_tiles(q.shape[2]):
+        rows = positions[:, start:end]  # (B, t)
+        length = int(rows[:, -1].max()) + 1
+        mask = (keys[None, None, :length] <= rows[:, :, None])[:, None]  # (B, 1, t, length)
+        tile = q[:, :, start:end]
+        tiles.append(
+            F.scaled_dot_product_attention(tile, k[:, :, :length], v[:, :, :length], attn_mask=mask, enable_gqa=True)
+        )
+    return torch.cat(tiles, dim=2)

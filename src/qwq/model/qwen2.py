@@ -63,11 +63,16 @@ class Qwen2ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # the KV cache's dtype, a load-time choice (qwq.load's kv_cache: bfloat16 for quantized models); None
+        # keeps the activations' dtype. Set on the model so whoever allocates a cache (the engine) need not know.
+        self.kv_cache_dtype: torch.dtype | None = None
+
+    def cache_dtype(self) -> torch.dtype:
+        return self.kv_cache_dtype or self.model.norm.weight.dtype
 
     def new_cache(self, slots: int, max_seq_len: int) -> KVCache:
-        """A KV cache for `slots` sequences of up to `max_seq_len` positions, in the activations' dtype."""
-        weight = self.model.norm.weight
-        return KVCache(self.config, slots, max_seq_len, weight.dtype, weight.device)
+        """A KV cache for `slots` sequences of up to `max_seq_len` positions, in `cache_dtype()`."""
+        return KVCache(self.config, slots, max_seq_len, self.cache_dtype(), self.model.norm.weight.device)
 
     def forward(
         self,

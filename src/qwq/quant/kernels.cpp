@@ -5,7 +5,10 @@
 // activations): to int8 against int4 weights, to int16 against int8 weights. Weights then meet activations in
 // integer dot products (AVX-512 VNNI `dpbusd` / `dpwssd`, AVX2 `maddubs` / `madd`) and the float work is one
 // multiply-add per block. Four weight rows are
-// stored interleaved in 64-byte units, so a thread reads one sequential stream for four output values.
+// stored interleaved in 64-byte units, so a thread reads one sequential stream for four output values. A batch of
+// activation rows (one per sequence of a decode step) meets each quad of weight rows in register tiles of a few
+// rows (kTile below): the weights are read and unpacked once for all of them, and each row's output is bitwise
+// what it computes alone.
 //
 // Layouts (made by qwq/quant/native.py), N a multiple of 4:
 //   int8: data [N/4, 4*K] bytes of int8 q in [-127, 127]; scale [N] float32:                w = q * scale
@@ -87,15 +90,12 @@ class QuantizedActivations {
   std::vector<float> scales_, block_sums_;
 };
 
-#if defined(__AVX2__)
-inline float horizontal_sum(__m256 v) {
-  __m128 low = _mm256_castps256_ps128(v), high = _mm256_extractf128_ps(v, 1);
-  low = _mm_add_ps(low, high);
-  low = _mm_add_ps(low, _mm_movehl_ps(low, low));
-  low = _mm_add_ss(low, _mm_movehdup_ps(low));
-  return _mm_cvtss_f32(low);
-}
+// the AVX2 path (with the FMA and F16C every AVX2 CPU has)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QWQ_AVX2 1
+#endif
 
+#if defined(QWQ_AVX2)
 // eight int32 sums of four products each, of unsigned `u` and signed `s` bytes (AVX2: pairs may not overflow
 // int16, which holds for |u| <= 127 or u <= 15)
 inline __m256i dot_u8_s8(__m256i u, __m256i s) {
@@ -107,81 +107,264 @@ inline __m256i dot_u8_s8(__m256i u, __m256i s) {
 #define QWQ_VNNI 1
 #endif
 
-// sum of a[i] * b[i]: vectorized, since a serial chain of scalar multiply-adds would wait on each other
-float dot_half_float(const at::Half* a, const float* b, int64_t n) {
-  int64_t i = 0;
-  float total = 0.f;
+// Activation rows meet each weight quad in tiles of up to kTile rows: the quad's weights are loaded and unpacked
+// once per tile and each (activation row, weight row) pair keeps its own accumulator in a register. Every pair
+// runs the same operations in the same order whatever else the tile holds, so a row's output is bitwise the one
+// it gets alone (batched decoding, and speculative decoding, rely on that).
 #if defined(QWQ_VNNI)
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= n; i += 16) {
-    const __m512 halves = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)));
-    acc = _mm512_fmadd_ps(halves, _mm512_loadu_ps(b + i), acc);
-  }
-  total = _mm512_reduce_add_ps(acc);
-#elif defined(__AVX2__) && defined(__F16C__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; i + 8 <= n; i += 8) {
-    const __m256 halves = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + i)));
-    acc = _mm256_fmadd_ps(halves, _mm256_loadu_ps(b + i), acc);
-  }
-  total = horizontal_sum(acc);
+constexpr int kTile = 4;  // 16 accumulators of the 32 vector registers
+#elif defined(QWQ_AVX2)
+constexpr int kTile = 2;  // 8 accumulators of the 16
+#else
+constexpr int kTile = 4;
 #endif
-  for (; i < n; ++i) total += half_to_float(a[i]) * b[i];
-  return total;
+
+// Calls body(std::integral_constant<int, T>{}, first) for rows [first, first + T) of m, in tiles of up to kTile.
+template <typename Body>
+inline void for_each_tile(int64_t m, Body&& body) {
+  int64_t first = 0;
+  for (; first + kTile <= m; first += kTile) body(std::integral_constant<int, kTile>{}, first);
+  const int64_t rest = m - first;
+  if constexpr (kTile > 1) {
+    if (rest == 1) body(std::integral_constant<int, 1>{}, first);
+  }
+  if constexpr (kTile > 2) {
+    if (rest == 2) body(std::integral_constant<int, 2>{}, first);
+  }
+  if constexpr (kTile > 3) {
+    if (rest == 3) body(std::integral_constant<int, 3>{}, first);
+  }
 }
 
-// ---------------------------------------------------------------- int8: four rows at once
-// int8 weights times int16 activations: 16-bit products summed in pairs (AVX-512 VNNI `dpwssd`, AVX2 `madd`)
-void int8_four_rows(const uint8_t* data, int64_t k, const Activations<int16_t>& x, float* out) {
+#if defined(QWQ_VNNI)
+// Lane p: the sum of the 16 lanes of v[p], added as a halving tree (lanes i and i + 8, then i and i + 4, i and
+// i + 2, 0 and 1: GCC's _mm512_reduce_add_ps), 16 sums in 45 instructions instead of 16 x 8.
+inline __m512 lane_sums(const __m512 (&v)[16]) {
+  // level by level, two vectors' partial sums share one vector; the inputs are taken transposed so that the
+  // last level leaves v[p]'s sum in lane p
+  auto input = [&](int i) { return v[(i % 4) * 4 + i / 4]; };
+  __m512 eights[8], fours[4], twos[2];
+  for (int j = 0; j < 8; ++j) {  // [v's 8 pair sums | w's]
+    const __m512 a = input(2 * j), b = input(2 * j + 1);
+    eights[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int j = 0; j < 4; ++j) {  // four vectors' 4 sums, one per 128-bit chunk
+    const __m512 a = eights[2 * j], b = eights[2 * j + 1];
+    fours[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int j = 0; j < 2; ++j) {  // per chunk: two vectors' 2 sums each
+    const __m512 a = fours[2 * j], b = fours[2 * j + 1];
+    twos[j] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Lane 4t + r (t < T): the sum over groups g of low[r * groups + g] * sums[t][g], each pair of rows summed as
+// one row alone would be (chunks of 16 groups lane by lane, across the lanes, then the remaining groups one at a
+// time), with the 16 pairs sharing every instruction.
+template <int T>
+inline __m512 low_terms(const at::Half* low, int64_t groups, const float* const* sums) {
+  const int64_t whole = groups / 16 * 16, rest = groups - whole;
+  __m512 total = _mm512_setzero_ps();
+  if (whole > 0) {
+    __m512 acc[16];
+    for (int p = 0; p < 16; ++p) acc[p] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < whole; g += 16) {
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 halves =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(low + r * groups + g)));
+        for (int t = 0; t < T; ++t) {
+          acc[4 * t + r] = _mm512_fmadd_ps(halves, _mm512_loadu_ps(sums[t] + g), acc[4 * t + r]);
+        }
+      }
+    }
+    total = lane_sums(acc);
+  }
+  if (rest > 0) {
+    const __mmask16 present = static_cast<__mmask16>((1u << rest) - 1);
+    __m512 rows[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      rows[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(present, low + r * groups + whole));
+    }
+    // 4 x 16 transposed: chunk j / 4 of columns[j % 4] holds the four rows' values of group whole + j
+    const __m512d low01 = _mm512_castps_pd(_mm512_unpacklo_ps(rows[0], rows[1]));
+    const __m512d low23 = _mm512_castps_pd(_mm512_unpacklo_ps(rows[2], rows[3]));
+    const __m512d high01 = _mm512_castps_pd(_mm512_unpackhi_ps(rows[0], rows[1]));
+    const __m512d high23 = _mm512_castps_pd(_mm512_unpackhi_ps(rows[2], rows[3]));
+    const __m512 columns[4] = {_mm512_castpd_ps(_mm512_unpacklo_pd(low01, low23)),
+                               _mm512_castpd_ps(_mm512_unpackhi_pd(low01, low23)),
+                               _mm512_castpd_ps(_mm512_unpacklo_pd(high01, high23)),
+                               _mm512_castpd_ps(_mm512_unpackhi_pd(high01, high23))};
+    const __m512i in_chunk = _mm512_set_epi32(3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0);
+    for (int64_t j = 0; j < rest; ++j) {
+      const __m512 lows =
+          _mm512_permutexvar_ps(_mm512_add_epi32(in_chunk, _mm512_set1_epi32(4 * (j / 4))), columns[j % 4]);
+      __m512 group_sums = _mm512_setzero_ps();
+      for (int t = 0; t < T; ++t) {
+        const __mmask16 row_lanes = static_cast<__mmask16>(0xF << (4 * t));
+        group_sums = _mm512_mask_mov_ps(group_sums, row_lanes, _mm512_set1_ps(sums[t][whole + j]));
+      }
+      total = _mm512_fmadd_ps(lows, group_sums, total);
+    }
+  }
+  return total;
+}
+#elif defined(QWQ_AVX2)
+// Lane p: the sum of the 8 lanes of v[p], added as a halving tree (lanes i and i + 4, then i and i + 2, 0 and 1).
+inline __m256 lane_sums(const __m256 (&v)[8]) {
+  auto input = [&](int i) { return v[(i % 2) * 4 + i / 2]; };  // transposed, as for AVX-512
+  __m256 fours[4], twos[2];
+  for (int j = 0; j < 4; ++j) {  // [v's 4 pair sums | w's]
+    const __m256 a = input(2 * j), b = input(2 * j + 1);
+    fours[j] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  for (int j = 0; j < 2; ++j) {  // per 128-bit half: two vectors' 2 sums each
+    const __m256 a = fours[2 * j], b = fours[2 * j + 1];
+    twos[j] = _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  return _mm256_add_ps(_mm256_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm256_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Lane 4t + r (t < T <= 2): as the AVX-512 low_terms, in chunks of 8 groups.
+template <int T>
+inline __m256 low_terms(const at::Half* low, int64_t groups, const float* const* sums) {
+  const int64_t whole = groups / 8 * 8, rest = groups - whole;
+  __m256 total = _mm256_setzero_ps();
+  if (whole > 0) {
+    __m256 acc[8];
+    for (int p = 0; p < 8; ++p) acc[p] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < whole; g += 8) {
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 halves = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low + r * groups + g)));
+        for (int t = 0; t < T; ++t) {
+          acc[4 * t + r] = _mm256_fmadd_ps(halves, _mm256_loadu_ps(sums[t] + g), acc[4 * t + r]);
+        }
+      }
+    }
+    total = lane_sums(acc);
+  }
+  if (rest > 0) {
+    __m256 rows[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      at::Half present[8] = {};
+      for (int64_t j = 0; j < rest; ++j) present[j] = low[r * groups + whole + j];
+      rows[r] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(present)));
+    }
+    // 4 x 8 transposed: 128-bit half j / 4 of columns[j % 4] holds the four rows' values of group whole + j
+    const __m256d low01 = _mm256_castps_pd(_mm256_unpacklo_ps(rows[0], rows[1]));
+    const __m256d low23 = _mm256_castps_pd(_mm256_unpacklo_ps(rows[2], rows[3]));
+    const __m256d high01 = _mm256_castps_pd(_mm256_unpackhi_ps(rows[0], rows[1]));
+    const __m256d high23 = _mm256_castps_pd(_mm256_unpackhi_ps(rows[2], rows[3]));
+    const __m256 columns[4] = {_mm256_castpd_ps(_mm256_unpacklo_pd(low01, low23)),
+                               _mm256_castpd_ps(_mm256_unpackhi_pd(low01, low23)),
+                               _mm256_castpd_ps(_mm256_unpacklo_pd(high01, high23)),
+                               _mm256_castpd_ps(_mm256_unpackhi_pd(high01, high23))};
+    const __m256i in_half = _mm256_set_epi32(3, 2, 1, 0, 3, 2, 1, 0);
+    for (int64_t j = 0; j < rest; ++j) {
+      const __m256 lows =
+          _mm256_permutevar8x32_ps(columns[j % 4], _mm256_add_epi32(in_half, _mm256_set1_epi32(4 * (j / 4))));
+      __m128 second = _mm_setzero_ps();
+      if constexpr (T > 1) second = _mm_set1_ps(sums[1][whole + j]);
+      total = _mm256_fmadd_ps(lows, _mm256_set_m128(second, _mm_set1_ps(sums[0][whole + j])), total);
+    }
+  }
+  return total;
+}
+#else
+// out[t][r] (t < T): the sum over groups g of low[r * groups + g] * sums[t][g]
+template <int T>
+void low_terms(const at::Half* low, int64_t groups, const float* const* sums, float (*out)[kRows]) {
+  for (int t = 0; t < T; ++t) {
+    for (int r = 0; r < kRows; ++r) {
+      float total = 0.f;
+      for (int64_t g = 0; g < groups; ++g) total += half_to_float(low[r * groups + g]) * sums[t][g];
+      out[t][r] = total;
+    }
+  }
+}
+#endif
+
+// ---------------------------------------------------------------- int8: four weight rows, T activation rows
+// int8 weights times int16 activations: 16-bit products summed in pairs (AVX-512 VNNI `dpwssd`, AVX2 `madd`).
+// out[t][r]: activation row t times weight row r, before the weight row's scale; out has kTile rows (those past T
+// are left undefined).
+template <int T>
+void int8_quad(const uint8_t* data, int64_t k, const Activations<int16_t>* x, float (*out)[kRows]) {
   const int64_t blocks = k / kBlock;
   const auto* weights = reinterpret_cast<const int8_t*>(data);
   // block b of row r: unit b/2 of four rows in turn, then the block's half of the unit
   auto block = [&](int r, int64_t b) { return weights + ((b / 2) * kRows + r) * kUnit + (b % 2) * kBlock; };
 #if defined(QWQ_VNNI)
-  __m512 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[T][kRows];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < kRows; ++r) acc[t][r] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m512i xv = _mm512_loadu_si512(x.values + b * kBlock);
-    const __m512 scale = _mm512_set1_ps(x.scales[b]);
+    __m512i wv[kRows];
     for (int r = 0; r < kRows; ++r) {
       if (b % 2 == 0) prefetch(block(r, b) + kAhead);
-      const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block(r, b))));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), wv, xv)), scale, acc[r]);
+      wv[r] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block(r, b))));
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512i xv = _mm512_loadu_si512(x[t].values + b * kBlock);
+      const __m512 scale = _mm512_set1_ps(x[t].scales[b]);
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), wv[r], xv));
+        acc[t][r] = _mm512_fmadd_ps(dot, scale, acc[t][r]);
+      }
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
-#elif defined(__AVX2__)
-  __m256 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  __m512 pairs[kTile * kRows];  // lane 4t + r of the result
+  for (int p = 0; p < kTile * kRows; ++p) pairs[p] = p / kRows < T ? acc[p / kRows][p % kRows] : _mm512_setzero_ps();
+  _mm512_storeu_ps(&out[0][0], lane_sums(pairs));
+#elif defined(QWQ_AVX2)
+  __m256 acc[T][kRows];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < kRows; ++r) acc[t][r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m256i x_first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b * kBlock));
-    const __m256i x_second = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b * kBlock + 16));
-    const __m256 scale = _mm256_set1_ps(x.scales[b]);
+    __m256i w_first[kRows], w_second[kRows];
     for (int r = 0; r < kRows; ++r) {
       const int8_t* w = block(r, b);
       if (b % 2 == 0) prefetch(w + kAhead);
-      const __m256i w_first = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-      const __m256i w_second = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
-      const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(w_first, x_first), _mm256_madd_epi16(w_second, x_second));
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+      w_first[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+      w_second[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m256i x_first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].values + b * kBlock));
+      const __m256i x_second = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].values + b * kBlock + 16));
+      const __m256 scale = _mm256_set1_ps(x[t].scales[b]);
+      for (int r = 0; r < kRows; ++r) {
+        const __m256i dot =
+            _mm256_add_epi32(_mm256_madd_epi16(w_first[r], x_first), _mm256_madd_epi16(w_second[r], x_second));
+        acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[t][r]);
+      }
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r] = horizontal_sum(acc[r]);
+  __m256 pairs[kTile * kRows];  // lane 4t + r of the result
+  for (int p = 0; p < kTile * kRows; ++p) pairs[p] = p / kRows < T ? acc[p / kRows][p % kRows] : _mm256_setzero_ps();
+  _mm256_storeu_ps(&out[0][0], lane_sums(pairs));
 #else
-  for (int r = 0; r < kRows; ++r) {
-    float total = 0.f;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int8_t* w = block(r, b);
-      int32_t sum = 0;
-      for (int64_t i = 0; i < kBlock; ++i) sum += int32_t(w[i]) * int32_t(x.values[b * kBlock + i]);
-      total += x.scales[b] * float(sum);
+  for (int t = 0; t < T; ++t) {
+    for (int r = 0; r < kRows; ++r) {
+      float total = 0.f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int8_t* w = block(r, b);
+        int32_t sum = 0;
+        for (int64_t i = 0; i < kBlock; ++i) sum += int32_t(w[i]) * int32_t(x[t].values[b * kBlock + i]);
+        total += x[t].scales[b] * float(sum);
+      }
+      out[t][r] = total;
     }
-    out[r] = total;
   }
 #endif
 }
 
-// ---------------------------------------------------------------- int4: four rows at once
+// ---------------------------------------------------------------- int4: four weight rows, T activation rows
 // The weight scales of the four blocks (32 weights each) of unit u (128 weights) of one row, for groups of
 // 32 << kShift weights.
 template <int kShift>
@@ -210,98 +393,108 @@ inline __m128 unit_block_scales(const at::Half* scale, int64_t u) {
 }
 #endif
 
-// sum over blocks of x scale * weight scale * dot(q, x), plus sum over groups of low * (sum of x in the group)
-template <int kShift>
-void int4_four_rows(const uint8_t* data, int64_t k, const at::Half* scale, const at::Half* low,
-                    const Activations<int8_t>& x, const float* group_sums, float* out) {
+// out[t][r]: sum over blocks of x scale * weight scale * dot(q, x), plus sum over groups of low * (sum of x in
+// the group), for activation row t and weight row r; out has kTile rows (those past T are left undefined)
+template <int kShift, int T>
+void int4_quad(const uint8_t* data, int64_t k, const at::Half* scale, const at::Half* low,
+               const Activations<int8_t>* x, const float* const* group_sums, float (*out)[kRows]) {
   const int64_t groups = k / (kBlock << kShift), units = k / (2 * kUnit);  // a unit holds 128 weights
-  for (int r = 0; r < kRows; ++r) out[r] = dot_half_float(low + r * groups, group_sums, groups);
 #if defined(QWQ_VNNI)
-  __m512 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[T][kRows];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < kRows; ++r) acc[t][r] = _mm512_setzero_ps();
   const __m512i nibble = _mm512_set1_epi8(0x0F);
+  // a dot product's lanes 0-7 sum block 0 (2) of the unit's low (high) nibbles, lanes 8-15 block 1 (3)
   const __m512i first_two = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i last_two = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
   for (int64_t u = 0; u < units; ++u) {
-    const __m512i x_low = _mm512_loadu_si512(x.values + u * 128);
-    const __m512i x_high = _mm512_loadu_si512(x.values + u * 128 + 64);
-    const __m128 x_scales = _mm_loadu_ps(x.scales + u * 4);
+    // the x and weight scales of the unit's blocks, each spread over those lanes: their lane-wise product is
+    // x scale * weight scale
+    __m512 x_low_scales[T], x_high_scales[T];
+    for (int t = 0; t < T; ++t) {
+      const __m512 scales = _mm512_castps128_ps512(_mm_loadu_ps(x[t].scales + u * 4));
+      x_low_scales[t] = _mm512_permutexvar_ps(first_two, scales);
+      x_high_scales[t] = _mm512_permutexvar_ps(last_two, scales);
+    }
     for (int r = 0; r < kRows; ++r) {
       prefetch(data + (u * kRows + r) * kUnit + kAhead);
       const __m512i packed = _mm512_loadu_si512(data + (u * kRows + r) * kUnit);
       const __m512i q_low = _mm512_and_si512(packed, nibble);
       const __m512i q_high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
-      // x scale * weight scale of the unit's four blocks, spread over the lanes that sum each block
-      const __m512 scales = _mm512_castps128_ps512(_mm_mul_ps(x_scales, unit_block_scales<kShift>(scale + r * groups, u)));
-      const __m512 s_low = _mm512_permutexvar_ps(first_two, scales);
-      const __m512 s_high = _mm512_permutexvar_ps(last_two, scales);
-      const __m512 d_low = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q_low, x_low));
-      const __m512 d_high = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q_high, x_high));
-      acc[r] = _mm512_fmadd_ps(d_low, s_low, acc[r]);
-      acc[r] = _mm512_fmadd_ps(d_high, s_high, acc[r]);
+      const __m512 w_scales = _mm512_castps128_ps512(unit_block_scales<kShift>(scale + r * groups, u));
+      const __m512 w_low_scales = _mm512_permutexvar_ps(first_two, w_scales);
+      const __m512 w_high_scales = _mm512_permutexvar_ps(last_two, w_scales);
+      for (int t = 0; t < T; ++t) {
+        const __m512i x_low = _mm512_loadu_si512(x[t].values + u * 128);
+        const __m512i x_high = _mm512_loadu_si512(x[t].values + u * 128 + 64);
+        const __m512 d_low = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q_low, x_low));
+        const __m512 d_high = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q_high, x_high));
+        acc[t][r] = _mm512_fmadd_ps(d_low, _mm512_mul_ps(x_low_scales[t], w_low_scales), acc[t][r]);
+        acc[t][r] = _mm512_fmadd_ps(d_high, _mm512_mul_ps(x_high_scales[t], w_high_scales), acc[t][r]);
+      }
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r] += _mm512_reduce_add_ps(acc[r]);
-#elif defined(__AVX2__)
-  __m256 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  __m512 pairs[kTile * kRows];  // lane 4t + r of the result
+  for (int p = 0; p < kTile * kRows; ++p) pairs[p] = p / kRows < T ? acc[p / kRows][p % kRows] : _mm512_setzero_ps();
+  _mm512_storeu_ps(&out[0][0], _mm512_add_ps(low_terms<T>(low, groups, group_sums), lane_sums(pairs)));
+#elif defined(QWQ_AVX2)
+  __m256 acc[T][kRows];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < kRows; ++r) acc[t][r] = _mm256_setzero_ps();
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   for (int64_t u = 0; u < units; ++u) {
     float block_scales[kRows][4];
     for (int r = 0; r < kRows; ++r) unit_block_scales<kShift>(scale + r * groups, u, block_scales[r]);
     for (int half = 0; half < 2; ++half) {  // 32 bytes: blocks 4u+half (low nibbles) and 4u+2+half (high)
       const int64_t b_low = u * 4 + half, b_high = u * 4 + 2 + half;
-      const __m256i x_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b_low * kBlock));
-      const __m256i x_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.values + b_high * kBlock));
+      __m256i q_low[kRows], q_high[kRows];
       for (int r = 0; r < kRows; ++r) {
         if (half == 0) prefetch(data + (u * kRows + r) * kUnit + kAhead);
         const __m256i packed = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(data + (u * kRows + r) * kUnit + half * kBlock));
-        const __m256i q_low = _mm256_and_si256(packed, nibble);
-        const __m256i q_high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_s8(q_low, x_low)),
-                                 _mm256_set1_ps(x.scales[b_low] * block_scales[r][half]), acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_s8(q_high, x_high)),
-                                 _mm256_set1_ps(x.scales[b_high] * block_scales[r][2 + half]), acc[r]);
+        q_low[r] = _mm256_and_si256(packed, nibble);
+        q_high[r] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m256i x_low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].values + b_low * kBlock));
+        const __m256i x_high = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].values + b_high * kBlock));
+        for (int r = 0; r < kRows; ++r) {
+          acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_s8(q_low[r], x_low)),
+                                      _mm256_set1_ps(x[t].scales[b_low] * block_scales[r][half]), acc[t][r]);
+          acc[t][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8_s8(q_high[r], x_high)),
+                                      _mm256_set1_ps(x[t].scales[b_high] * block_scales[r][2 + half]), acc[t][r]);
+        }
       }
     }
   }
-  for (int r = 0; r < kRows; ++r) out[r] += horizontal_sum(acc[r]);
+  __m256 pairs[kTile * kRows];  // lane 4t + r of the result
+  for (int p = 0; p < kTile * kRows; ++p) pairs[p] = p / kRows < T ? acc[p / kRows][p % kRows] : _mm256_setzero_ps();
+  _mm256_storeu_ps(&out[0][0], _mm256_add_ps(low_terms<T>(low, groups, group_sums), lane_sums(pairs)));
 #else
-  for (int r = 0; r < kRows; ++r) {
-    float total = 0.f;
-    for (int64_t u = 0; u < units; ++u) {
-      const uint8_t* packed = data + (u * kRows + r) * kUnit;
-      float block_scales[4];
-      unit_block_scales<kShift>(scale + r * groups, u, block_scales);
-      for (int half = 0; half < 2; ++half) {
-        const int64_t b_low = u * 4 + half, b_high = u * 4 + 2 + half;
-        int32_t low_sum = 0, high_sum = 0;
-        for (int64_t i = 0; i < kBlock; ++i) {
-          const uint8_t byte = packed[half * kBlock + i];
-          low_sum += int32_t(byte & 0x0F) * int32_t(x.values[b_low * kBlock + i]);
-          high_sum += int32_t(byte >> 4) * int32_t(x.values[b_high * kBlock + i]);
+  low_terms<T>(low, groups, group_sums, out);
+  for (int t = 0; t < T; ++t) {
+    for (int r = 0; r < kRows; ++r) {
+      float total = 0.f;
+      for (int64_t u = 0; u < units; ++u) {
+        const uint8_t* packed = data + (u * kRows + r) * kUnit;
+        float block_scales[4];
+        unit_block_scales<kShift>(scale + r * groups, u, block_scales);
+        for (int half = 0; half < 2; ++half) {
+          const int64_t b_low = u * 4 + half, b_high = u * 4 + 2 + half;
+          int32_t low_sum = 0, high_sum = 0;
+          for (int64_t i = 0; i < kBlock; ++i) {
+            const uint8_t byte = packed[half * kBlock + i];
+            low_sum += int32_t(byte & 0x0F) * int32_t(x[t].values[b_low * kBlock + i]);
+            high_sum += int32_t(byte >> 4) * int32_t(x[t].values[b_high * kBlock + i]);
+          }
+          total += x[t].scales[b_low] * block_scales[half] * float(low_sum);
+          total += x[t].scales[b_high] * block_scales[2 + half] * float(high_sum);
         }
-        total += x.scales[b_low] * block_scales[half] * float(low_sum);
-        total += x.scales[b_high] * block_scales[2 + half] * float(high_sum);
       }
+      out[t][r] += total;
     }
-    out[r] += total;
   }
 #endif
-}
-
-using Int4Rows = void (*)(const uint8_t*, int64_t, const at::Half*, const at::Half*, const Activations<int8_t>&, const float*,
-                          float*);
-
-Int4Rows int4_rows_for(int64_t group_size) {
-  switch (group_size) {
-    case 32: return int4_four_rows<0>;
-    case 64: return int4_four_rows<1>;
-    case 128: return int4_four_rows<2>;
-    case 256: return int4_four_rows<3>;
-  }
-  TORCH_CHECK(false, "int4 group size must be 32, 64, 128 or 256, got ", group_size);
 }
 
 void check_shapes(const torch::Tensor& x, const torch::Tensor& data, int64_t k, int64_t n) {
@@ -321,7 +514,27 @@ const float* bias_values(const c10::optional<torch::Tensor>& bias, int64_t n) {
   return bias->data_ptr<float>();
 }
 
+// One activation row's outputs of a quad: dot * weight row scale (+ bias), the bias added in the same rounding
+// where the CPU fuses multiply-adds. Written out: left to the compiler, tiles of different sizes came out
+// contracted differently.
+inline void int8_outputs(const float* dots, const float* scale, const float* add, float* y) {
+#if defined(QWQ_AVX2)
+  const __m128 product = _mm_loadu_ps(dots), row_scale = _mm_loadu_ps(scale);
+  _mm_storeu_ps(y, add ? _mm_fmadd_ps(product, row_scale, _mm_loadu_ps(add)) : _mm_mul_ps(product, row_scale));
+#else
+  if (add) {
+    for (int i = 0; i < kRows; ++i) y[i] = dots[i] * scale[i] + add[i];
+  } else {
+    for (int i = 0; i < kRows; ++i) y[i] = dots[i] * scale[i];
+  }
+#endif
+}
+
 }  // namespace
+
+// The threads split the weight quads (parallel_for's grain is in quads, whatever M), each taking every activation
+// row of its quads: a quad's weights come from memory once, and from the cache for its further tiles.
+constexpr int64_t kQuadGrain = 4;
 
 torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale,
                           const c10::optional<torch::Tensor>& bias) {
@@ -334,27 +547,65 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, con
   const uint8_t* w = data.data_ptr<uint8_t>();
   const float* row_scale = scale.data_ptr<float>();
   float* y = out.data_ptr<float>();
-  at::parallel_for(0, n / kRows, 4, [&](int64_t begin, int64_t end) {
-    float dots[kRows];
+  at::parallel_for(0, n / kRows, kQuadGrain, [&](int64_t begin, int64_t end) {
     for (int64_t quad = begin; quad < end; ++quad) {
-      for (int64_t r = 0; r < m; ++r) {
-        int8_four_rows(w + quad * kRows * k, k, quantized.row(r), dots);
-        for (int i = 0; i < kRows; ++i) {
-          const int64_t row = quad * kRows + i;
-          y[r * n + row] = dots[i] * row_scale[row] + (add ? add[row] : 0.f);
+      for_each_tile(m, [&](auto tile, int64_t first) {
+        constexpr int T = decltype(tile)::value;
+        Activations<int16_t> rows[T];
+        for (int t = 0; t < T; ++t) rows[t] = quantized.row(first + t);
+        float dots[kTile][kRows];
+        int8_quad<T>(w + quad * kRows * k, k, rows, dots);
+        const int64_t row = quad * kRows;
+        for (int t = 0; t < T; ++t) {
+          int8_outputs(dots[t], row_scale + row, add ? add + row : nullptr, y + (first + t) * n + row);
         }
-      }
+      });
     }
   });
   return out;
 }
+
+namespace {
+
+// y (m, n) = activations @ int4 weight (+ add) for groups of 32 << kShift weights
+template <int kShift>
+void int4_products(const uint8_t* w, const at::Half* scales, const at::Half* lows, const float* add,
+                   const QuantizedActivations<int8_t>& quantized, const float* group_sums, int64_t m, int64_t n,
+                   int64_t k, float* y) {
+  const int64_t groups = k / (kBlock << kShift);
+  at::parallel_for(0, n / kRows, kQuadGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t quad = begin; quad < end; ++quad) {
+      const int64_t first_row = quad * kRows;
+      for_each_tile(m, [&](auto tile, int64_t first) {
+        constexpr int T = decltype(tile)::value;
+        Activations<int8_t> rows[T];
+        const float* sums[T];
+        for (int t = 0; t < T; ++t) {
+          rows[t] = quantized.row(first + t);
+          sums[t] = group_sums + (first + t) * groups;
+        }
+        float dots[kTile][kRows];
+        int4_quad<kShift, T>(w + first_row * k / 2, k, scales + first_row * groups, lows + first_row * groups, rows,
+                             sums, dots);
+        for (int t = 0; t < T; ++t) {
+          for (int i = 0; i < kRows; ++i) {
+            y[(first + t) * n + first_row + i] = dots[t][i] + (add ? add[first_row + i] : 0.f);
+          }
+        }
+      });
+    }
+  });
+}
+
+}  // namespace
 
 torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale,
                           const torch::Tensor& low, int64_t group_size, const c10::optional<torch::Tensor>& bias) {
   const int64_t n = data.size(0) * kRows, k = data.size(1) * 2 / kRows, m = x.size(0);
   check_shapes(x, data, k, n);
   const float* add = bias_values(bias, n);
-  const Int4Rows four_rows = int4_rows_for(group_size);
+  TORCH_CHECK(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256,
+              "int4 group size must be 32, 64, 128 or 256, got ", group_size);
   TORCH_CHECK(k % group_size == 0, "group size ", group_size, " does not divide K ", k);
   const int64_t groups = k / group_size;
   TORCH_CHECK(scale.scalar_type() == torch::kFloat16 && low.scalar_type() == torch::kFloat16 && scale.is_contiguous()
@@ -371,17 +622,12 @@ torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, con
   const at::Half* scales = scale.data_ptr<at::Half>();
   const at::Half* lows = low.data_ptr<at::Half>();
   float* y = out.data_ptr<float>();
-  at::parallel_for(0, n / kRows, 4, [&](int64_t begin, int64_t end) {
-    float dots[kRows];
-    for (int64_t quad = begin; quad < end; ++quad) {
-      const int64_t first = quad * kRows;
-      for (int64_t r = 0; r < m; ++r) {
-        four_rows(w + first * k / 2, k, scales + first * groups, lows + first * groups, quantized.row(r),
-                  group_sums.data() + r * groups, dots);
-        for (int i = 0; i < kRows; ++i) y[r * n + first + i] = dots[i] + (add ? add[first + i] : 0.f);
-      }
-    }
-  });
+  switch (group_size) {
+    case 32: int4_products<0>(w, scales, lows, add, quantized, group_sums.data(), m, n, k, y); break;
+    case 64: int4_products<1>(w, scales, lows, add, quantized, group_sums.data(), m, n, k, y); break;
+    case 128: int4_products<2>(w, scales, lows, add, quantized, group_sums.data(), m, n, k, y); break;
+    default: int4_products<3>(w, scales, lows, add, quantized, group_sums.data(), m, n, k, y); break;
+  }
   return out;
 }
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 
 import torch
 from torch import nn
 
 from qwq.errors import InvalidRequestError
+from qwq.model.row_tiles import ROW_TILE, row_tiles
 from qwq.quant import native
 
 logger = logging.getLogger(__name__)
@@ -45,8 +48,34 @@ def native_kernels_wanted(in_features: int, out_features: int) -> bool:
     return native.packable(in_features, out_features) and shutil.which(os.environ.get("CXX", "c++")) is not None
 
 
+@lru_cache(maxsize=1)
 def _dense_dtype() -> torch.dtype:
-    return torch.bfloat16 if native.fast_bfloat16() else torch.float32
+    """The prompt GEMM's dtype: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX through oneDNN)
+    *and* it measures faster here than float32 on a prompt-tile-sized product, else float32. A flag the CPU
+    advertises is not proof that its fast path runs (or runs fast in this guest), so the choice is measured."""
+    if not native.fast_bfloat16():
+        return torch.float32
+    timings = {dtype: _gemm_seconds(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    chosen = min(timings, key=timings.get)
+    logger.info(
+        "prompt GEMM in %s (%.2f ms bf16 vs %.2f ms f32 a tile)",
+        chosen,
+        1e3 * timings[torch.bfloat16],
+        1e3 * timings[torch.float32],
+    )
+    return chosen
+
+
+def _gemm_seconds(dtype: torch.dtype, rows: int = ROW_TILE, width: int = 1024, repeats: int = 5) -> float:
+    """Best time of a (rows x width) @ (width x width) product in `dtype`."""
+    x, w = torch.randn(rows, width).to(dtype), torch.randn(width, width).to(dtype)
+    torch.mm(x, w)  # first call: oneDNN's kernel choice and any one-time setup
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(x, w)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _row_blocks(weight: torch.Tensor | Iterable[torch.Tensor], rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -85,26 +114,51 @@ class _QuantizedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out). Rows that are one token each of a batch of sequences (B, 1, in), and any few
+        rows, go through the decode kernels; prompt rows through the GEMM path in tiles of ROW_TILE."""
         flat = x.reshape(-1, self.in_features)
-        if self.native and flat.shape[0] <= _DECODE_ROWS and (kernels := native.kernels()) is not None:
-            bias = None if self.bias is None else self.bias.float()
-            out = self._native_matmul(kernels, flat.float().contiguous(), bias).to(x.dtype)  # bias added in C++
+        one_token_rows = x.dim() == 3 and x.shape[1] == 1
+        if one_token_rows or flat.shape[0] <= _DECODE_ROWS:
+            out = self._few_rows(flat)
         else:
-            out = self._dense_matmul(flat) if self.native else self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE))
-            out = out.to(x.dtype)
-            if self.bias is not None:
-                out += self.bias
-        return out.view(*x.shape[:-1], self.out_features)
+            out = self._dense_matmul(flat) if self.native else self._tiled_torch_matmul(flat)
+        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def _few_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Decode-sized inputs, row by row the same whatever their number (float32 out, bias added)."""
+        if self.native and (kernels := native.kernels()) is not None:
+            bias = None if self.bias is None else self.bias.float()
+            return self._native_matmul(kernels, flat.float().contiguous(), bias)  # bias added in C++
+        if self.native:  # the layout whose kernels failed to build: the dense path serves every size
+            return self._dense_matmul(flat)
+        out = self._torch_matmul(flat.to(_TORCH_COMPUTE_DTYPE)).float()
+        return out + self.bias if self.bias is not None else out
+
+    def _tiled_torch_matmul(self, flat: torch.Tensor) -> torch.Tensor:
+        x = flat.to(_TORCH_COMPUTE_DTYPE)
+        out = torch.cat([self._torch_matmul(x[a:b]) for a, b in row_tiles(x.shape[0])]).float()
+        return out + self.bias if self.bias is not None else out
 
     def _dense_matmul(self, flat: torch.Tensor) -> torch.Tensor:
-        """Prompt-sized inputs: dequantize the weight a slice of rows at a time and use a dense GEMM, each slice's
-        product written straight into its columns of the output."""
+        """Prompt-sized inputs (float32 out, bias added): dequantize the weight a slice of rows at a time and
+        multiply each tile of ROW_TILE input rows by it in a dense GEMM, written straight into its block of the
+        output. A last tile of at most _DECODE_ROWS rows takes the decode kernels (as those rows would alone)."""
         dtype = _dense_dtype()
-        flat = flat.to(dtype)
-        out = torch.empty(flat.shape[0], self.out_features, dtype=dtype, device=flat.device)
+        rows = flat.shape[0]
+        tail = rows % ROW_TILE
+        dense_rows = rows - tail if 0 < tail <= _DECODE_ROWS and native.kernels() is not None else rows
+        x = flat[:dense_rows].to(dtype)
+        out = torch.empty(rows, self.out_features, dtype=dtype, device=flat.device)
         for start in range(0, self.out_features, _ROWS_PER_CHUNK):
             end = min(start + _ROWS_PER_CHUNK, self.out_features)
-            torch.mm(flat, self.dequantized(start, end, dtype).t(), out=out[:, start:end])
+            weight = self.dequantized(start, end, dtype).t()
+            for first, last in row_tiles(dense_rows):
+                torch.mm(x[first:last], weight, out=out[first:last, start:end])
+        out = out.float()
+        if self.bias is not None:
+            out[:dense_rows] += self.bias
+        if dense_rows < rows:
+            out[dense_rows:] = self._few_rows(flat[dense_rows:])
         return out
 
 

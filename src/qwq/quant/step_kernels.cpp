@@ -7,13 +7,16 @@
 // The maths is transformers' Qwen2 (the Python path in qwq/model is the reference, and tests compare them):
 // RMSNorm  y = w * (x / sqrt(mean(x^2) + eps));  rotate-half RoPE  y = x * cos + rotate_half(x) * sin;
 // attention softmax(q k^T / sqrt(D)) v with query head h reading KV head h / (H / Hkv).
-// Compiled into the same extension as kernels.cpp (see qwq/quant/native.py); float32 activations only.
+// Compiled into the same extension as kernels.cpp (see qwq/quant/native.py); float32 activations only, a
+// float32 or bfloat16 KV cache.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <numeric>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -47,19 +50,6 @@ float dot(const float* a, const float* b, int64_t n) {
 #endif
   for (; i < n; ++i) total += a[i] * b[i];
   return total;
-}
-
-// out += weight * v, over n values
-void add_scaled(float* out, float weight, const float* v, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  const __m512 w = _mm512_set1_ps(weight);
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_fmadd_ps(w, _mm512_loadu_ps(v + i), _mm512_loadu_ps(out + i)));
-#elif defined(__AVX2__)
-  const __m256 w = _mm256_set1_ps(weight);
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(w, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
-#endif
-  for (; i < n; ++i) out[i] += weight * v[i];
 }
 
 // exp(x) in place, 16 or 8 lanes at a time: x = n ln2 + r, exp(r) by Cephes' polynomial for expf (about
@@ -102,53 +92,16 @@ void exp_inplace(float* x, int64_t n) {
   for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
-// out (d values) = sum over j of p[j] * v[j d : (j + 1) d], accumulated in registers 64 values at a time
-void weighted_sum(const float* p, const float* v, int64_t length, int64_t d, float* out) {
-#if defined(__AVX512F__)
-  if (d % 64 == 0) {
-    for (int64_t c = 0; c < d; c += 64) {
-      __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-      for (int64_t j = 0; j < length; ++j) {
-        const __m512 w = _mm512_set1_ps(p[j]);
-        const float* row = v + j * d + c;
-        acc0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(row), acc0);
-        acc1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 16), acc1);
-        acc2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 32), acc2);
-        acc3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(row + 48), acc3);
-      }
-      _mm512_storeu_ps(out + c, acc0);
-      _mm512_storeu_ps(out + c + 16, acc1);
-      _mm512_storeu_ps(out + c + 32, acc2);
-      _mm512_storeu_ps(out + c + 48, acc3);
-    }
-    return;
-  }
-#elif defined(__AVX2__)
-  if (d % 32 == 0) {
-    for (int64_t c = 0; c < d; c += 32) {
-      __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-      for (int64_t j = 0; j < length; ++j) {
-        const __m256 w = _mm256_set1_ps(p[j]);
-        const float* row = v + j * d + c;
-        acc0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row), acc0);
-        acc1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 8), acc1);
-        acc2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 16), acc2);
-        acc3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(row + 24), acc3);
-      }
-      _mm256_storeu_ps(out + c, acc0);
-      _mm256_storeu_ps(out + c + 8, acc1);
-      _mm256_storeu_ps(out + c + 16, acc2);
-      _mm256_storeu_ps(out + c + 24, acc3);
-    }
-    return;
-  }
+// rotate-half RoPE of one head vector, from `in` to `out` (which may be the same). Products and sums are rounded
+// one at a time, as torch's `x * cos + rotate_half(x) * sin` rounds them (no fused multiply-add): a key written
+// to a bfloat16 cache is then exactly the bfloat16 of the Python path's key.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
 #endif
-  std::fill_n(out, d, 0.f);
-  for (int64_t j = 0; j < length; ++j) add_scaled(out, p[j], v + j * d, d);
-}
-
-// rotate-half RoPE of one head vector, from `in` to `out` (which may be the same)
 void rotate(const float* in, const float* cos, const float* sin, int64_t d, float* out) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   const int64_t half = d / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float first = in[i], second = in[i + half];
@@ -215,18 +168,404 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   return out;
 }
 
+// ---- One token's attention over the KV cache -----------------------------------------------------------------
+// The cache holds float32 or bfloat16 (the top half of a float32, so widening is a 16-bit shift, exact; the
+// dot products and weighted sums run in float32 on widened chunks). One row's work is split into tasks of
+// (KV head, block of positions). A task reads its block's keys and values once for all the query heads that
+// share its KV head (grouped-query attention), a chunk of positions at a time, with an online softmax (a running
+// max and sum, as in flash attention). When a sequence's KV heads alone would leave threads idle, its positions
+// are split into several blocks (flash-decoding), whose partial results are merged in block order by
+// log-sum-exp. The split depends only on the row's own length and the thread count and a task reads nothing of
+// another row, so a row's result does not depend on what else is in the batch.
+namespace {
+
+using BFloat16 = c10::BFloat16;
+
+constexpr int64_t kMinBlock = 512;  // positions: a smaller block costs more to merge than its thread saves
+
+// `count` cached values as float32: the cache itself when it is float32, else widened into `scratch`
+const float* as_float(const float* values, int64_t, float*) { return values; }
+
+const float* as_float(const BFloat16* values, int64_t count, float* scratch) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(values);
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= count; i += 16) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
+    _mm512_storeu_ps(scratch + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+  }
+#elif defined(__AVX2__)
+  for (; i + 8 <= count; i += 8) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + i)));
+    _mm256_storeu_ps(scratch + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+  }
+#endif
+  for (; i < count; ++i) {
+    const uint32_t word = static_cast<uint32_t>(bits[i]) << 16;
+    std::memcpy(scratch + i, &word, sizeof(float));
+  }
+  return scratch;
+}
+
+// one head vector into the cache: copied, or rounded to the nearest bfloat16 (ties to even, as torch rounds)
+void store(const float* in, int64_t d, float* out) { std::copy_n(in, d, out); }
+
+void store(const float* in, int64_t d, BFloat16* out) {
+  for (int64_t i = 0; i < d; ++i) out[i] = BFloat16(in[i]);
+}
+
+#if defined(__AVX512F__)
+// lane t of the result = the sum of v[t]'s 16 lanes: a tree of shuffles and adds that transposes as it sums
+__m512 sum_lanes(const __m512 (&v)[16]) {
+  __m512 pairs[8], quads[4];
+  for (int i = 0; i < 8; ++i) {  // per 128-bit lane: v[2i] and v[2i+1] interleaved, halves added
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: v[4i..4i+3], each summed over that lane
+    const __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const auto across = [](__m512 a, __m512 b) {  // lanes (a0 + a1, a2 + a3, b0 + b1, b2 + b3)
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  };
+  return across(across(quads[0], quads[1]), across(quads[2], quads[3]));
+}
+
+// scores for head dimensions of 16 * kParts: the query in registers, 16 keys at a time
+template <int kParts>
+void scores_fixed(const float* q, int64_t heads, const float* k, int64_t count, float scale, float* s,
+                  int64_t stride) {
+  constexpr int64_t d = 16 * kParts;
+  for (int64_t h = 0; h < heads; ++h) {
+    __m512 query[kParts];
+    for (int c = 0; c < kParts; ++c) query[c] = _mm512_loadu_ps(q + h * d + 16 * c);
+    for (int64_t j = 0; j < count; j += 16) {
+      const int64_t n = std::min<int64_t>(16, count - j);
+      __m512 sums[16];
+      for (int t = 0; t < 16; ++t) {
+        const float* row = k + (j + std::min<int64_t>(t, n - 1)) * d;  // past the end: the last key again
+        __m512 acc = _mm512_mul_ps(query[0], _mm512_loadu_ps(row));
+        for (int c = 1; c < kParts; ++c) acc = _mm512_fmadd_ps(query[c], _mm512_loadu_ps(row + 16 * c), acc);
+        sums[t] = acc;
+      }
+      const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+      _mm512_mask_storeu_ps(s + h * stride + j, keep, _mm512_mul_ps(sum_lanes(sums), _mm512_set1_ps(scale)));
+    }
+  }
+}
+
+// o[h] += sum over j of p[h][j] * v[j] for kHeads heads, head dimension a multiple of 64: 4 kHeads accumulators
+template <int kHeads>
+void add_values_fixed(const float* p, int64_t stride, const float* v, int64_t count, int64_t d, float* o) {
+  for (int64_t c = 0; c < d; c += 64) {
+    __m512 acc[kHeads][4];
+    for (int h = 0; h < kHeads; ++h) {
+      for (int u = 0; u < 4; ++u) acc[h][u] = _mm512_loadu_ps(o + h * d + c + 16 * u);
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      const float* row = v + j * d + c;
+      const __m512 x0 = _mm512_loadu_ps(row), x1 = _mm512_loadu_ps(row + 16), x2 = _mm512_loadu_ps(row + 32),
+                   x3 = _mm512_loadu_ps(row + 48);
+      for (int h = 0; h < kHeads; ++h) {
+        const __m512 w = _mm512_set1_ps(p[h * stride + j]);
+        acc[h][0] = _mm512_fmadd_ps(w, x0, acc[h][0]);
+        acc[h][1] = _mm512_fmadd_ps(w, x1, acc[h][1]);
+        acc[h][2] = _mm512_fmadd_ps(w, x2, acc[h][2]);
+        acc[h][3] = _mm512_fmadd_ps(w, x3, acc[h][3]);
+      }
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      for (int u = 0; u < 4; ++u) _mm512_storeu_ps(o + h * d + c + 16 * u, acc[h][u]);
+    }
+  }
+}
+#elif defined(__AVX2__)
+// lane t of the result = the sum of v[t]'s 8 lanes
+__m256 sum_lanes(const __m256 (&v)[8]) {
+  __m256 pairs[4], quads[2];
+  for (int i = 0; i < 4; ++i) {
+    pairs[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  }
+  for (int i = 0; i < 2; ++i) {
+    const __m256d a = _mm256_castps_pd(pairs[2 * i]), b = _mm256_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+  }
+  return _mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20), _mm256_permute2f128_ps(quads[0], quads[1], 0x31));
+}
+
+// scores for head dimensions of 8 * kParts, 8 keys at a time (the query read from L1: 16 registers are few)
+template <int kParts>
+void scores_fixed(const float* q, int64_t heads, const float* k, int64_t count, float scale, float* s,
+                  int64_t stride) {
+  constexpr int64_t d = 8 * kParts;
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* query = q + h * d;
+    for (int64_t j = 0; j < count; j += 8) {
+      const int64_t n = std::min<int64_t>(8, count - j);
+      __m256 sums[8];
+      for (int t = 0; t < 8; ++t) {
+        const float* row = k + (j + std::min<int64_t>(t, n - 1)) * d;
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(query), _mm256_loadu_ps(row));
+        for (int c = 1; c < kParts; ++c) acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + 8 * c), _mm256_loadu_ps(row + 8 * c), acc);
+        sums[t] = acc;
+      }
+      alignas(32) float out[8];
+      _mm256_store_ps(out, _mm256_mul_ps(sum_lanes(sums), _mm256_set1_ps(scale)));
+      std::copy_n(out, n, s + h * stride + j);
+    }
+  }
+}
+
+// o[h] += sum over j of p[h][j] * v[j] for kHeads heads, head dimension a multiple of 32
+template <int kHeads>
+void add_values_fixed(const float* p, int64_t stride, const float* v, int64_t count, int64_t d, float* o) {
+  for (int64_t c = 0; c < d; c += 32) {
+    __m256 acc[kHeads][4];
+    for (int h = 0; h < kHeads; ++h) {
+      for (int u = 0; u < 4; ++u) acc[h][u] = _mm256_loadu_ps(o + h * d + c + 8 * u);
+    }
+    for (int64_t j = 0; j < count; ++j) {
+      const float* row = v + j * d + c;
+      const __m256 x0 = _mm256_loadu_ps(row), x1 = _mm256_loadu_ps(row + 8), x2 = _mm256_loadu_ps(row + 16),
+                   x3 = _mm256_loadu_ps(row + 24);
+      for (int h = 0; h < kHeads; ++h) {
+        const __m256 w = _mm256_set1_ps(p[h * stride + j]);
+        acc[h][0] = _mm256_fmadd_ps(w, x0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(w, x1, acc[h][1]);
+        acc[h][2] = _mm256_fmadd_ps(w, x2, acc[h][2]);
+        acc[h][3] = _mm256_fmadd_ps(w, x3, acc[h][3]);
+      }
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      for (int u = 0; u < 4; ++u) _mm256_storeu_ps(o + h * d + c + 8 * u, acc[h][u]);
+    }
+  }
+}
+#endif
+
+// the largest and the sum of n values (vectorized: a scalar loop waits on each compare or add in turn)
+float max_of(const float* x, int64_t n) {
+  float best = -INFINITY;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_set1_ps(-INFINITY);
+  for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(acc, _mm512_loadu_ps(x + i));
+  best = _mm512_reduce_max_ps(acc);
+#elif defined(__AVX2__)
+  __m256 acc = _mm256_set1_ps(-INFINITY);
+  for (; i + 8 <= n; i += 8) acc = _mm256_max_ps(acc, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  best = *std::max_element(lanes, lanes + 8);
+#endif
+  for (; i < n; ++i) best = std::max(best, x[i]);
+  return best;
+}
+
+float sum_of(const float* x, int64_t n) {
+  float total = 0.f;
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) acc = _mm512_add_ps(acc, _mm512_loadu_ps(x + i));
+  total = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__)
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  total = std::accumulate(lanes, lanes + 8, 0.f);
+#endif
+  for (; i < n; ++i) total += x[i];
+  return total;
+}
+
+// s[h * stride + j] = scale * (q[h] . k[j]) for `heads` queries (heads, d) and `count` keys (count, d)
+void scores(const float* q, int64_t heads, const float* k, int64_t count, int64_t d, float scale, float* s,
+            int64_t stride) {
+#if defined(__AVX512F__)
+  if (d == 64) return scores_fixed<4>(q, heads, k, count, scale, s, stride);
+  if (d == 128) return scores_fixed<8>(q, heads, k, count, scale, s, stride);
+#elif defined(__AVX2__)
+  if (d == 64) return scores_fixed<8>(q, heads, k, count, scale, s, stride);
+  if (d == 128) return scores_fixed<16>(q, heads, k, count, scale, s, stride);
+#endif
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t j = 0; j < count; ++j) s[h * stride + j] = dot(q + h * d, k + j * d, d) * scale;
+  }
+}
+
+// o[h] += sum over j of p[h * stride + j] * v[j] for `heads` outputs (heads, d) and `count` values (count, d)
+void add_values(const float* p, int64_t stride, int64_t heads, const float* v, int64_t count, int64_t d, float* o) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__)
+  constexpr int64_t kWidth = 64;
+#else
+  constexpr int64_t kWidth = 32;
+#endif
+  if (d % kWidth == 0) {
+    int64_t h = 0;
+    for (; h + 2 <= heads; h += 2) add_values_fixed<2>(p + h * stride, stride, v, count, d, o + h * d);
+    if (h < heads) add_values_fixed<1>(p + h * stride, stride, v, count, d, o + h * d);
+    return;
+  }
+#endif
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t j = 0; j < count; ++j) {
+      const float w = p[h * stride + j];
+      for (int64_t i = 0; i < d; ++i) o[h * d + i] += w * v[j * d + i];
+    }
+  }
+}
+
+// Per-thread buffers of a task: the group's rotated queries, scores of one chunk, one chunk of widened rows.
+struct Workspace {
+  Workspace(int64_t group, int64_t d, int64_t chunk) : queries(group * d), scores(group * chunk), rows(chunk * d) {}
+  std::vector<float> queries, scores, rows;
+};
+
+// Attention of `group` queries (group, d) over positions [begin, end) of one KV head's keys and values
+// (positions, d), unnormalised: per query the max score, the sum of exp(score - max) and out = the sum of
+// exp(score - max) * value, a chunk of positions at a time (online softmax).
+template <typename Cache>
+void attend_block(const float* queries, int64_t group, const Cache* keys, const Cache* values, int64_t begin,
+                  int64_t end, int64_t d, int64_t chunk, Workspace& work, float* peak, float* total, float* out) {
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  std::fill_n(peak, group, -INFINITY);
+  std::fill_n(total, group, 0.f);
+  std::fill_n(out, group * d, 0.f);
+  float* s = work.scores.data();
+  for (int64_t first = begin; first < end; first += chunk) {
+    const int64_t n = std::min(chunk, end - first);
+    scores(queries, group, as_float(keys + first * d, n * d, work.rows.data()), n, d, scale, s, chunk);
+    for (int64_t h = 0; h < group; ++h) {
+      float* row = s + h * chunk;
+      const float highest = std::max(peak[h], max_of(row, n));
+      if (highest > peak[h] && total[h] > 0.f) {  // earlier chunks' terms, rescaled to the new max
+        const float factor = std::exp(peak[h] - highest);
+        total[h] *= factor;
+        for (int64_t i = 0; i < d; ++i) out[h * d + i] *= factor;
+      }
+      peak[h] = highest;
+      for (int64_t j = 0; j < n; ++j) row[j] -= highest;
+      exp_inplace(row, n);
+      total[h] += sum_of(row, n);
+    }
+    add_values(s, chunk, group, as_float(values + first * d, n * d, work.rows.data()), n, d, out);
+  }
+}
+
+// How many blocks of positions one row's attention is split into: enough that its KV heads times its blocks
+// are a multiple of the thread count (every thread gets the same share of a row alone), none under kMinBlock.
+int64_t blocks_for(int64_t length, int64_t kv_heads, int64_t threads) {
+  const int64_t wanted = threads / std::gcd(threads, kv_heads);
+  return std::max<int64_t>(1, std::min(wanted, length / kMinBlock));
+}
+
+struct Task {
+  int64_t row, kv_head, begin, end, partial;  // partial: the index of its partial result, or -1 (one block)
+};
+
+template <typename Cache>
+void attend(const float* in, int64_t width, const float* cos, const float* sin, int64_t angle_rows, Cache* keys,
+            Cache* values, const std::vector<int64_t>& slot, const std::vector<int64_t>& position, int64_t num_heads,
+            int64_t num_kv_heads, int64_t capacity, int64_t d, float* y) {
+  const int64_t batch = static_cast<int64_t>(slot.size()), group = num_heads / num_kv_heads;
+  const auto cache_row = [&](Cache* cache, int64_t b, int64_t head, int64_t pos) {
+    return cache + ((slot[b] * num_kv_heads + head) * capacity + pos) * d;
+  };
+  const auto angle = [&](const float* table, int64_t b) { return table + (angle_rows == 1 ? 0 : b) * d; };
+  std::vector<float> rotated(d);
+  for (int64_t b = 0; b < batch; ++b) {  // every row's new key (rotated) and value into the cache before any reads
+    const float* row = in + b * width;
+    for (int64_t head = 0; head < num_kv_heads; ++head) {
+      rotate(row + (num_heads + head) * d, angle(cos, b), angle(sin, b), d, rotated.data());
+      store(rotated.data(), d, cache_row(keys, b, head, position[b]));
+      store(row + (num_heads + num_kv_heads + head) * d, d, cache_row(values, b, head, position[b]));
+    }
+  }
+  const int64_t threads = at::get_num_threads();
+  std::vector<Task> tasks;
+  std::vector<int64_t> first_partial(batch, -1), blocks(batch);
+  int64_t partials = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t length = position[b] + 1;
+    blocks[b] = blocks_for(length, num_kv_heads, threads);
+    if (blocks[b] > 1) first_partial[b] = partials;
+    for (int64_t head = 0; head < num_kv_heads; ++head) {
+      for (int64_t i = 0; i < blocks[b]; ++i) {
+        const int64_t partial = blocks[b] > 1 ? partials++ : -1;
+        tasks.push_back({b, head, length * i / blocks[b], length * (i + 1) / blocks[b], partial});
+      }
+    }
+  }
+  // a partial result: per query head of the group, max, sum and the unnormalised output (group, d)
+  const int64_t partial_size = group * (d + 2);
+  std::vector<float> partial(partials * partial_size);
+  const int64_t chunk = std::max<int64_t>(16, 8192 / d / 16 * 16);  // 32 KB of float32 rows
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t first, int64_t last) {
+    Workspace work(group, d, chunk);
+    std::vector<float> own(partial_size);
+    for (int64_t index = first; index < last; ++index) {
+      const Task& task = tasks[index];
+      const float* row = in + task.row * width;
+      for (int64_t h = 0; h < group; ++h) {
+        const int64_t head = task.kv_head * group + h;
+        rotate(row + head * d, angle(cos, task.row), angle(sin, task.row), d, work.queries.data() + h * d);
+      }
+      float* result = task.partial >= 0 ? partial.data() + task.partial * partial_size : own.data();
+      attend_block(work.queries.data(), group, cache_row(keys, task.row, task.kv_head, 0),
+                   cache_row(values, task.row, task.kv_head, 0), task.begin, task.end, d, chunk, work, result,
+                   result + group, result + 2 * group);
+      if (task.partial < 0) {
+        float* target = y + (task.row * num_heads + task.kv_head * group) * d;
+        for (int64_t h = 0; h < group; ++h) {
+          const float inverse = 1.f / result[group + h];
+          for (int64_t i = 0; i < d; ++i) target[h * d + i] = result[2 * group + h * d + i] * inverse;
+        }
+      }
+    }
+  });
+  for (int64_t b = 0; b < batch; ++b) {  // split rows: merge their blocks in order, by log-sum-exp
+    if (blocks[b] == 1) continue;
+    for (int64_t head = 0; head < num_kv_heads; ++head) {
+      const float* block = partial.data() + (first_partial[b] + head * blocks[b]) * partial_size;
+      for (int64_t h = 0; h < group; ++h) {
+        float highest = -INFINITY, total = 0.f;
+        for (int64_t i = 0; i < blocks[b]; ++i) highest = std::max(highest, block[i * partial_size + h]);
+        float* target = y + (b * num_heads + head * group + h) * d;
+        std::fill_n(target, d, 0.f);
+        for (int64_t i = 0; i < blocks[b]; ++i) {
+          const float* part = block + i * partial_size;
+          const float weight = std::exp(part[h] - highest);
+          total += weight * part[group + h];
+          for (int64_t j = 0; j < d; ++j) target[j] += weight * part[2 * group + h * d + j];
+        }
+        for (int64_t j = 0; j < d; ++j) target[j] /= total;
+      }
+    }
+  }
+}
+
+}  // namespace
+
 // One new token per row b of `qkv` (B, (H + 2 Hkv) D): the fused q/k/v projection with bias. Rotates q and k
 // by cos/sin (B or 1, D), writes k and v into cache slot slots[b] (b when no slots are given) at
-// positions[b] (B or 1 values) of k_cache / v_cache (slots, Hkv, S, D), and attends over that slot's
-// positions 0..positions[b]. Returns (B, H D).
+// positions[b] (B or 1 values) of k_cache / v_cache (slots, Hkv, S, D; float32 or bfloat16, rounded to it),
+// and attends over that slot's positions 0..positions[b]. Every row's key and value is written before any row
+// attends, so rows of one slot at consecutive positions (speculative decoding) see each other. Returns (B, H D).
 torch::Tensor decode_attention(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                                torch::Tensor k_cache, torch::Tensor v_cache, const c10::optional<torch::Tensor>& slots,
                                const torch::Tensor& positions, int64_t num_heads, int64_t num_kv_heads) {
   check_float_matrix(qkv, "qkv");
   check_float_matrix(cos, "cos");
   check_float_matrix(sin, "sin");
-  check_float_matrix(k_cache, "k_cache");
-  check_float_matrix(v_cache, "v_cache");
+  const auto cache_type = k_cache.scalar_type();
+  TORCH_CHECK((cache_type == torch::kFloat32 || cache_type == torch::kBFloat16) && v_cache.scalar_type() == cache_type,
+              "k_cache and v_cache must both be float32 or both bfloat16");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.device().is_cpu() && v_cache.device().is_cpu(),
+              "k_cache and v_cache must be contiguous CPU tensors");
   TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(), "k_cache and v_cache must be (slots, Hkv, S, D)");
   TORCH_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "query heads must be a multiple of KV heads");
   const int64_t batch = qkv.size(0), d = k_cache.size(3), capacity = k_cache.size(2);
@@ -252,44 +591,15 @@ torch::Tensor decode_attention(const torch::Tensor& qkv, const torch::Tensor& co
     TORCH_CHECK(0 <= slot[b] && slot[b] < k_cache.size(0), "slot ", slot[b], " is not in the cache");
     TORCH_CHECK(0 <= position[b] && position[b] < capacity, "position ", position[b], " is past the cache");
   }
-  const int64_t width = qkv.size(1), group = num_heads / num_kv_heads;
-  const float* in = qkv.data_ptr<float>();
-  float* keys = k_cache.data_ptr<float>();
-  float* values = v_cache.data_ptr<float>();
-  auto cache_row = [&](float* cache, int64_t b, int64_t head, int64_t pos) {
-    return cache + ((slot[b] * num_kv_heads + head) * capacity + pos) * d;
-  };
-  auto angles = [&](const torch::Tensor& table, int64_t b) { return table.data_ptr<float>() + (angle_rows == 1 ? 0 : b) * d; };
-  for (int64_t b = 0; b < batch; ++b) {  // the new keys (rotated) and values go into the cache first
-    const float* row = in + b * width;
-    for (int64_t head = 0; head < num_kv_heads; ++head) {
-      rotate(row + (num_heads + head) * d, angles(cos, b), angles(sin, b), d, cache_row(keys, b, head, position[b]));
-      std::copy_n(row + (num_heads + num_kv_heads + head) * d, d, cache_row(values, b, head, position[b]));
-    }
-  }
   auto out = torch::empty({batch, num_heads * d}, qkv.options());
-  float* y = out.data_ptr<float>();
-  const float scale = 1.f / std::sqrt(static_cast<float>(d));
-  at::parallel_for(0, batch * num_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(d), scores;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / num_heads, head = task % num_heads, kv_head = head / group, length = position[b] + 1;
-      rotate(in + b * width + head * d, angles(cos, b), angles(sin, b), d, query.data());
-      scores.resize(length);
-      const float* k_row = cache_row(keys, b, kv_head, 0);
-      float peak = -INFINITY;
-      for (int64_t j = 0; j < length; ++j) {
-        scores[j] = dot(query.data(), k_row + j * d, d) * scale;
-        peak = std::max(peak, scores[j]);
-      }
-      for (int64_t j = 0; j < length; ++j) scores[j] -= peak;
-      exp_inplace(scores.data(), length);
-      float total = 0.f;
-      for (int64_t j = 0; j < length; ++j) total += scores[j];
-      for (int64_t j = 0; j < length; ++j) scores[j] /= total;
-      weighted_sum(scores.data(), cache_row(values, b, kv_head, 0), length, d, y + b * num_heads * d + head * d);
-    }
-  });
+  const float *in = qkv.data_ptr<float>(), *cos_table = cos.data_ptr<float>(), *sin_table = sin.data_ptr<float>();
+  if (cache_type == torch::kFloat32) {
+    attend(in, qkv.size(1), cos_table, sin_table, angle_rows, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+           slot, position, num_heads, num_kv_heads, capacity, d, out.data_ptr<float>());
+  } else {
+    attend(in, qkv.size(1), cos_table, sin_table, angle_rows, k_cache.data_ptr<BFloat16>(),
+           v_cache.data_ptr<BFloat16>(), slot, position, num_heads, num_kv_heads, capacity, d, out.data_ptr<float>());
+  }
   return out;
 }
 

@@ -1,5 +1,6 @@
-"""The HTTP server of `qwq serve`: one model loaded once, shared by the OpenAI and Ollama dialects through
-the batching engine; loopback by default, optional API key, request size limit, CORS only when asked."""
+"""The HTTP server of `qwq serve`: the models it serves by name (loaded on first use, see registry.py), shared
+by the OpenAI and Ollama dialects through each model's batching engine; /health and Prometheus /metrics;
+loopback by default, optional API key, request size limit, CORS only when asked."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwq import __version__
 from qwq.errors import QwqError, ServerBusyError
-from qwq.server import ollama_routes, openai_routes, web_routes
+from qwq.server import ollama_models, ollama_routes, openai_routes, web_routes
 from qwq.server.edge import BrowserGuard, ReadBody, RequireKey, SecurityHeaders
 from qwq.server.error_shape import error_response
+from qwq.server.metrics import CONTENT_TYPE, CountRequests
+from qwq.server.registry import ModelRegistry
 from qwq.server.service import Service
 from qwq.server.web_routes import STATIC_DIR
 
@@ -60,7 +63,7 @@ def _exists(path: str) -> bool:
 
 
 def create_app(
-    service: Service,
+    models: ModelRegistry | Service,
     api_key: str | None = None,
     cors_origins: list[str] | None = None,
     max_body: int = MAX_BODY_BYTES,
@@ -69,11 +72,15 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     body_timeout: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
-    """The app, its routes behind the edge (outermost first): security headers, the browser guard (Host and
-    Origin), the body reader (size, time, Unicode), CORS for the allowed origins, the API key."""
+    """The app serving `models` (a Service: that one model, kept loaded), its routes behind the edge
+    (outermost first): the request counter, security headers, the browser guard (Host and Origin), the body
+    reader (size, time, Unicode), CORS for the allowed origins, the API key."""
     app = FastAPI(title="qwq", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.state.service = service
-    app.state.model_names = {service.name, *service.aliases}
+    if isinstance(models, Service):
+        models = ModelRegistry.holding(models)
+    metrics = models.metrics
+    metrics.watch(models.queues)
+    app.state.models = models
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,11 +122,17 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        running, waiting = service.engine.load
-        return {"status": "ok", "model": service.name, "running": running, "waiting": waiting}
+        queues = models.queues()
+        running, waiting = sum(q[1] for q in queues), sum(q[2] for q in queues)
+        return {"status": "ok", "models": [q[0] for q in queues], "running": running, "waiting": waiting}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app.include_router(openai_routes.router)
     app.include_router(ollama_routes.router)
+    app.include_router(ollama_models.router)
     app.include_router(web_routes.router)
     app.mount("/", web_routes.static_files(), name="web")
     if api_key:
@@ -131,4 +144,5 @@ def create_app(
         BrowserGuard, bound_host=bound_host, allowed_hosts=allowed_hosts or (), cors_origins=cors_origins or ()
     )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(CountRequests, metrics=metrics, routes=lambda: set(app.openapi()["paths"]))
     return app

@@ -73,6 +73,44 @@ def _bracket_math(state: StateInline, silent: bool) -> bool:
     return True
 
 
+_BOXED = "\\boxed{"
+
+
+def _bare_boxed(state: StateInline, silent: bool) -> bool:
+    """Inline rule for a `\\boxed{…}` written outside any math delimiters (math answers end with one): drawn
+    as the boxed math it is. Its braces must balance within the paragraph; otherwise it stays text."""
+    if not state.src.startswith(_BOXED, state.pos):
+        return False
+    end = _brace_pairs(state).get(state.pos + len(_BOXED) - 1, -1)
+    if end < 0 or end >= state.posMax:
+        return False
+    if not silent:
+        token = state.push("math_inline", "math", 0)
+        token.content, token.markup = state.src[state.pos : end + 1], _BOXED
+    state.pos = end + 1
+    return True
+
+
+def _brace_pairs(state: StateInline) -> dict[int, int]:
+    """Each `{` of the text and the `}` that closes it (escaped braces left out), found in one pass and kept
+    per text: a text full of unclosed boxes costs linear time."""
+    known = state.env.setdefault("_brace_pairs", {})
+    key = id(state.src)
+    if key not in known:
+        pairs, opened, index, text = {}, [], 0, state.src
+        while index < len(text):
+            character = text[index]
+            if character == "\\":
+                index += 1  # the next character is escaped
+            elif character == "{":
+                opened.append(index)
+            elif character == "}" and opened:
+                pairs[opened.pop()] = index
+            index += 1
+        known[key] = pairs
+    return known[key]
+
+
 def _next(state: StateInline, closing: str, start: int) -> int:
     """`state.src.find(closing, start)`, remembered per text: the first closing at or after a position is the
     same for every position up to it (and none after a failed search), so a text full of unclosed `\\(`
@@ -104,6 +142,7 @@ def _parser() -> MarkdownIt:
     # "$5 and $6" stays text: no space inside the dollars, no digit right outside them
     dollarmath_plugin(parser, allow_space=False, allow_digits=False, double_inline=True, allow_labels=False)
     parser.inline.ruler.before("escape", "math_brackets", _bracket_math)
+    parser.inline.ruler.before("escape", "bare_boxed", _bare_boxed)
     for token_type in _MATH_TOKENS:
         parser.add_render_rule(token_type, _render_math)
     parser.add_render_rule("image", _render_image)

@@ -1,14 +1,16 @@
-"""The Ollama-compatible API: /api/chat, /api/generate (NDJSON streaming, `options`, `think`, durations in
-nanoseconds), /api/tags, /api/show, /api/ps, /api/version."""
+"""The Ollama-compatible API's generation: /api/chat, /api/generate (NDJSON streaming, `options`, `think`,
+`keep_alive`, durations in nanoseconds; no prompt or messages: load the model, or with keep_alive 0 unload
+it, as ollama does), /api/version. The model routes are in ollama_models.py."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
@@ -17,11 +19,12 @@ from qwq import __version__
 from qwq.engine.output import Piece
 from qwq.engine.request import GenerationParams
 from qwq.engine.tool_calls import ToolCall, ToolCallStream, parse_tool_calls
-from qwq.errors import InvalidRequestError, ModelNotFoundError
 from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
 from qwq.server.error_shape import client_names
 from qwq.server.format_fields import OLLAMA_FORMAT_NAMES, OllamaFormat, ollama_structured
+from qwq.server.keep_alive import keep_alive_seconds
 from qwq.server.protocol import RequestBody
+from qwq.server.registry import served_by
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 from qwq.server.tool_fields import MessageToolCall, ToolDefinition, ollama_calls, template_calls
 
@@ -87,50 +90,40 @@ class Message(RequestBody):
         return {"role": self.role, "content": self.content or "", **template_calls(self.tool_calls)}
 
 
-class ChatRequest(ControlFields):
+class GenerationFields(ControlFields):
     model: str
-    messages: list[Message] = Field(min_length=1)
-    tools: list[ToolDefinition] | None = None
     stream: bool = True
     options: Options = Field(default_factory=Options)
     think: bool | Literal["low", "medium", "high"] | None = None
     format: OllamaFormat = None
+    keep_alive: float | str | None = None  # "5m", seconds, 0 (unload after this), negative (forever)
+
+    def keep_alive_seconds(self) -> float | None:
+        return None if self.keep_alive is None else keep_alive_seconds(self.keep_alive)
 
 
-class GenerateRequest(ControlFields):
-    model: str
-    prompt: str = ""
+class ChatRequest(GenerationFields):
+    messages: list[Message] = Field(default_factory=list)  # none: load the model (ollama's preload)
+    tools: list[ToolDefinition] | None = None
+
+
+class GenerateRequest(GenerationFields):
+    prompt: str = ""  # empty: load the model (ollama's preload)
     system: str | None = None
     raw: bool = False
-    stream: bool = True
-    options: Options = Field(default_factory=Options)
-    think: bool | Literal["low", "medium", "high"] | None = None
-    format: OllamaFormat = None
-
-
-class ShowRequest(RequestBody):
-    model: str | None = None
-    name: str | None = None  # older clients
-
-
-def _service(request: Request, model: str) -> Service:
-    service: Service = request.app.state.service
-    if model not in request.app.state.model_names:
-        raise ModelNotFoundError(f"model '{model}' not found; this server runs '{service.name}'", field="model")
-    return service
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _final_fields(piece: Piece) -> dict[str, Any]:
+def _final_fields(piece: Piece, load_seconds: float) -> dict[str, Any]:
     stats = piece.stats
     return {
         "done": True,
         "done_reason": piece.finish_reason,
-        "total_duration": int((stats.prompt_seconds + stats.generate_seconds) * 1e9),
-        "load_duration": 0,
+        "total_duration": int((load_seconds + stats.prompt_seconds + stats.generate_seconds) * 1e9),
+        "load_duration": int(load_seconds * 1e9),
         "prompt_eval_count": piece.prompt_tokens,
         "prompt_eval_duration": int(stats.prompt_seconds * 1e9),
         "eval_count": piece.completion_tokens,
@@ -146,10 +139,11 @@ async def _answer(
     prompt: str | list[dict[str, Any]],
     body: ChatRequest | GenerateRequest,
     shape,
+    load_seconds: float,
 ):
     """Submit now (bad requests fail before a response starts), then answer with NDJSON lines (stream) or one
     object, each body shaped by `shape(text, thinking)`. With `think` the reasoning goes to `thinking`;
-    otherwise it stays inline in the text, as ollama does."""
+    otherwise it stays inline in the text, as ollama does. `load_seconds`: the load this request waited for."""
     prompt_name = "messages" if isinstance(body, ChatRequest) else "prompt"
     tools = [t.model_dump(exclude_none=True) for t in body.tools or ()] if isinstance(body, ChatRequest) else []
     with client_names({**CONTROL_NAMES, **OPTION_NAMES, **OLLAMA_FORMAT_NAMES, "prompt": prompt_name}):
@@ -170,7 +164,7 @@ async def _answer(
                 last = piece
             if last.finish_reason == "error":  # as ollama answers a failed generation: 500 and the message
                 return JSONResponse({"error": last.error}, status_code=500)
-            fields = {**_final_fields(last), **report_fields(completion.report)}
+            fields = {**_final_fields(last, load_seconds), **report_fields(completion.report)}
             parsed = parse_tool_calls(completion.answer, names) if tools else None
             if parsed is not None:
                 return message(parsed.content, completion.reasoning, parsed.calls, **fields)
@@ -188,15 +182,31 @@ async def _answer(
             if piece.answer or piece.reasoning or calls or progress:
                 yield json.dumps(message(piece.answer, piece.reasoning, calls, done=False, **progress)) + "\n"
             if piece.finish_reason is not None:
-                yield json.dumps(message("", "", **_final_fields(piece), **report_fields(piece.report))) + "\n"
+                final = {**_final_fields(piece, load_seconds), **report_fields(piece.report)}
+                yield json.dumps(message("", "", **final)) + "\n"
 
     stream = stream_until_closed(lines(), [handle], http_request)
     return StreamingResponse(stream, media_type="application/x-ndjson")
 
 
+async def _generate(http_request: Request, body: ChatRequest | GenerateRequest, prompt, shape):
+    """Load the model if need be (the request waits), then answer; with no prompt, only load it, or with
+    keep_alive 0 unload it, and say which (`done_reason` "load" / "unload")."""
+    keep_alive = body.keep_alive_seconds()
+    models = served_by(http_request)
+    if not prompt and keep_alive == 0:
+        await anyio.to_thread.run_sync(models.unload, body.model)
+        return {"model": body.model, "created_at": _now(), **shape("", ""), "done": True, "done_reason": "unload"}
+    arrived = time.time()
+    async with models.using(body.model, keep_alive) as service:
+        load_seconds = service.load_seconds if service.loaded_at >= arrived else 0.0
+        if not prompt:
+            return {"model": body.model, "created_at": _now(), **shape("", ""), "done": True, "done_reason": "load"}
+        return await _answer(http_request, service, body.model, prompt, body, shape, load_seconds)
+
+
 @router.post("/chat")
 async def chat(body: ChatRequest, request: Request):
-    service = _service(request, body.model)
     prompt = [m.as_template_message() for m in body.messages]
 
     def shape(text: str, thinking: str) -> dict[str, Any]:
@@ -205,13 +215,14 @@ async def chat(body: ChatRequest, request: Request):
             message["thinking"] = thinking
         return {"message": message}
 
-    return await _answer(request, service, body.model, prompt, body, shape)
+    return await _generate(request, body, prompt, shape)
 
 
 @router.post("/generate")
 async def generate(body: GenerateRequest, request: Request):
-    service = _service(request, body.model)
-    if body.raw:
+    if not body.prompt:
+        prompt = ""
+    elif body.raw:
         prompt = body.prompt
     else:
         system = [{"role": "system", "content": body.system}] if body.system else []
@@ -220,95 +231,9 @@ async def generate(body: GenerateRequest, request: Request):
     def shape(text: str, thinking: str) -> dict[str, Any]:
         return {"response": text, **({"thinking": thinking} if thinking else {})}
 
-    return await _answer(request, service, body.model, prompt, body, shape)
-
-
-def _details(service: Service) -> dict[str, Any]:
-    model = service.model
-    return {
-        "format": "gguf" if Path(model.source).is_file() else "safetensors",
-        "family": "qwen2",
-        "families": ["qwen2"],
-        "parameter_size": f"{model.num_parameters() / 1e9:.1f}B",
-        "quantization_level": model.quantization or str(model.dtype).removeprefix("torch."),
-    }
-
-
-def _entry(service: Service) -> dict[str, Any]:
-    path = Path(service.model.source)
-    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat().replace("+00:00", "Z")
-    return {
-        "name": service.name,
-        "model": service.name,
-        "modified_at": modified,
-        "size": size,
-        "digest": "",
-        "details": _details(service),
-    }
-
-
-@router.get("/tags")
-def tags(request: Request) -> dict[str, Any]:
-    return {"models": [_entry(request.app.state.service)]}
-
-
-@router.get("/ps")
-def running(request: Request) -> dict[str, Any]:
-    service: Service = request.app.state.service
-    return {
-        "models": [
-            {
-                **_entry(service),
-                "expires_at": "9999-12-31T23:59:59Z",
-                "size_vram": 0,
-                "context_length": service.model.context_length,
-            }
-        ]
-    }
+    return await _generate(request, body, prompt, shape)
 
 
 @router.get("/version")
 def version() -> dict[str, str]:
     return {"version": __version__}
-
-
-@router.post("/show")
-def show(body: ShowRequest, request: Request) -> dict[str, Any]:
-    if not (body.model or body.name):
-        raise InvalidRequestError("model: required (the name of the model to show; GET /api/tags lists them)")
-    service = _service(request, body.model or body.name)
-    model = service.model
-    config = model.config
-    defaults = model.generation_defaults
-    parameters = "\n".join(
-        [
-            f"temperature {defaults.temperature:g}",
-            f"top_p {defaults.top_p:g}",
-            f"top_k {defaults.top_k}",
-            f"repeat_penalty {defaults.repetition_penalty:g}",
-            *(f'stop "{model.tokenizer.decode([i])}"' for i in defaults.eos_token_ids),
-        ]
-    )
-    info = {
-        "general.architecture": "qwen2",
-        "general.parameter_count": model.num_parameters(),
-        "qwen2.context_length": config.max_position_embeddings,
-        "qwen2.embedding_length": config.hidden_size,
-        "qwen2.block_count": config.num_hidden_layers,
-        "qwen2.attention.head_count": config.num_attention_heads,
-        "qwen2.attention.head_count_kv": config.num_key_value_heads,
-        "qwen2.feed_forward_length": config.intermediate_size,
-        "qwen2.rope.freq_base": config.rope_theta,
-        "qwq.storage": model.storage_description(),
-    }
-    capabilities = ["completion"] + (["thinking"] if service.model.reasoning.reasons else [])
-    return {
-        "modelfile": f"FROM {service.name}",  # the store's name: the file's path is the server's business
-        "parameters": parameters,
-        "template": model.tokenizer.chat_template or "",
-        "details": _details(service),
-        "model_info": info,
-        "capabilities": capabilities,
-        "modified_at": _entry(service)["modified_at"],
-    }

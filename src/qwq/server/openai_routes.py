@@ -16,11 +16,13 @@ from pydantic import Field
 from qwq.engine.output import Piece
 from qwq.engine.request import SEED_RANGE, GenerationParams
 from qwq.engine.tool_calls import ToolCallStream, parse_tool_calls
-from qwq.errors import InvalidRequestError, ModelNotFoundError
+from qwq.errors import InvalidRequestError
 from qwq.server.control_fields import CONTROL_NAMES, ControlFields, progress_fields, report_fields
 from qwq.server.error_shape import client_names
 from qwq.server.format_fields import ResponseFormat
 from qwq.server.protocol import RequestBody
+from qwq.server.registry import served_by
+from qwq.server.served_models import ServedModel
 from qwq.server.service import Service, answer_until_closed, stream_until_closed
 from qwq.server.tool_fields import MessageToolCall, ToolFields, openai_calls, template_calls
 
@@ -98,15 +100,6 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
-def _service(request: Request, model: str) -> Service:
-    service: Service = request.app.state.service
-    if model not in request.app.state.model_names:
-        raise ModelNotFoundError(
-            f"model {model!r} is not served here; GET /v1/models lists {service.name!r}", field="model"
-        )
-    return service
-
-
 def _choice_seed(seed: int, index: int) -> int:
     """Choice `index` of n samples with seed + index, wrapped into the seed range (2**64 - 1 + 1 is 0)."""
     if seed > SEED_RANGE[1] or seed + index <= SEED_RANGE[1]:
@@ -142,18 +135,23 @@ def _chat_logprobs(service: Service, piece: Piece, top: int | None) -> dict[str,
     return {"content": entries}
 
 
-def _model_object(service: Service) -> dict[str, Any]:
-    return {"id": service.name, "object": "model", "created": int(service.loaded_at), "owned_by": "qwq"}
+def _model_object(served: ServedModel) -> dict[str, Any]:
+    try:
+        created = int(served.path.stat().st_mtime)
+    except OSError:  # its files went since it was listed
+        created = 0
+    return {"id": served.name, "object": "model", "created": created, "owned_by": "qwq"}
 
 
 @router.get("/models")
 def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_object(request.app.state.service)]}
+    """Every model this server serves (loaded on first use), those given at start first."""
+    return {"object": "list", "data": [_model_object(served) for served in served_by(request).catalog.served()]}
 
 
 @router.get("/models/{model_id:path}")
 def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    return _model_object(_service(request, model_id))
+    return _model_object(served_by(request).catalog.find(model_id))
 
 
 def _error_field(piece: Piece) -> dict[str, Any]:
@@ -163,7 +161,11 @@ def _error_field(piece: Piece) -> dict[str, Any]:
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    service = _service(request, body.model)
+    async with served_by(request).using(body.model) as service:
+        return await _chat_completions(body, request, service)
+
+
+async def _chat_completions(body: ChatCompletionRequest, request: Request, service: Service):
     messages = [m.as_template_message() for m in body.messages]
     max_tokens = body.max_completion_tokens or body.max_tokens
     max_tokens_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -266,9 +268,13 @@ def _completion_logprobs(service: Service, piece: Piece, offset: int) -> dict[st
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
-    service = _service(request, body.model)
     if not body.prompt:
         raise InvalidRequestError("prompt: must not be empty", field="prompt")
+    async with served_by(request).using(body.model) as service:
+        return await _completions(body, request, service)
+
+
+async def _completions(body: CompletionRequest, request: Request, service: Service):
     with client_names(CONTROL_NAMES):
         handles = service.submit(body.prompt, [body.params(body.max_tokens, body.logprobs, i) for i in range(body.n)])
     prompt_tokens = len(handles[0].request.prompt_ids)

@@ -1,11 +1,12 @@
-"""Starting the server: the engine on its background thread, the app, uvicorn; stopping it within seconds."""
+"""Starting the server: the model registry (each model's engine on its background thread, built here), the app,
+uvicorn; stopping it within seconds."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -13,10 +14,13 @@ import uvicorn
 from qwq.api import Model
 from qwq.engine.background import EngineThread
 from qwq.engine.engine import Engine
+from qwq.engine.request import GenerationParams
 from qwq.errors import InvalidRequestError
 from qwq.reasoning.guard_protocol import Guard
 from qwq.server.app import create_app
 from qwq.server.connection import HEADER_TIMEOUT_S, KEEP_ALIVE_S, TimedH11Protocol
+from qwq.server.registry import ModelRegistry
+from qwq.server.served_models import ServedModel
 from qwq.server.service import Service
 
 logger = logging.getLogger(__name__)
@@ -55,29 +59,47 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(
-    model: Model,
-    name: str,
-    load_seconds: float,
+def service_opener(
+    load_model: Callable[[ServedModel], Model],
     *,
-    guard: Guard | None = None,
+    guard: Guard | None,
+    defaults: GenerationParams | None = None,
+    max_batch: int,
+    max_queue: int,
+) -> Callable[[ServedModel], Service]:
+    """How the registry opens a model: loaded with the serve command's load flags, its engine started; the
+    sampling flags' `defaults` go to requests that leave those fields unset."""
+
+    def open_service(served: ServedModel) -> Service:
+        started = time.perf_counter()
+        model = load_model(served)
+        engine = Engine(
+            model.network,
+            model.tokenizer,
+            model.context_length,
+            max_batch=max_batch,
+            max_waiting=max_queue,
+            prefix_cache=model.prefix_cache,
+        )
+        load_seconds = time.perf_counter() - started
+        thread = EngineThread(engine)
+        return Service(model, thread, served.name, guard=guard, defaults=defaults, load_seconds=load_seconds)
+
+    return open_service
+
+
+def serve(
+    models: ModelRegistry,
+    *,
     host: str,
     port: int,
     api_key: str | None,
     cors_origins: list[str],
     allowed_hosts: list[str],
     read_timeout: float,
-    max_batch: int,
-    max_queue: int,
 ) -> int:
-    engine = EngineThread(
-        Engine(model.network, model.tokenizer, model.context_length, max_batch=max_batch, max_waiting=max_queue)
-    )
-    served = Path(name).stem if Path(name).suffix == ".gguf" else name
-    aliases = tuple({name, served, f"{served}:latest"} - {served})
-    service = Service(model, engine, served, guard=guard, aliases=aliases, load_seconds=load_seconds)
     app = create_app(
-        service,
+        models,
         api_key=api_key,
         cors_origins=cors_origins,
         bound_host=host,
@@ -86,9 +108,8 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         logger.warning("serving on %s without an API key: anyone who can reach this address can use it", host)
-    logger.info(
-        "serving %s on http://%s:%d (OpenAI API at /v1, Ollama API at /api, chat page at /)", served, host, port
-    )
+    names = ", ".join(served.name for served in models.catalog.served()) or "no models yet (POST /api/pull)"
+    logger.info("serving %s on http://%s:%d (OpenAI API at /v1, Ollama API at /api, chat page at /)", names, host, port)
     protocol = type("Protocol", (TimedH11Protocol,), {"header_timeout": min(read_timeout, HEADER_TIMEOUT_S)})
     config = uvicorn.Config(
         app,
@@ -101,7 +122,7 @@ def serve(
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
     try:
-        _Server(config, on_exit=lambda: engine.close(wait=False)).run()
+        _Server(config, on_exit=lambda: models.close(wait=False)).run()
     finally:
-        engine.close()
+        models.close()
     return 0

@@ -1,23 +1,30 @@
-"""What both HTTP dialects share: the model's prompts, the one request type resolved against the model, the
-engine thread that runs it, and the text pipeline's Completion for each submitted request."""
+"""What both HTTP dialects share for one loaded model: its prompts, the one request type resolved against the
+model, the engine thread that runs it, and the text pipeline's Completion for each submitted request (its
+tokens and time to first token counted for /metrics)."""
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import torch
 from starlette.requests import Request as HTTPRequest
 
 from qwq.api import Model
 from qwq.engine.background import EngineThread, Handle
+from qwq.engine.engine import SequenceOutput
 from qwq.engine.output import Completion
 from qwq.engine.request import GenerationParams
 from qwq.reasoning.guard_protocol import Guard
+from qwq.server.metrics import ServerMetrics
 
 T = TypeVar("T")
+# the fields `qwq serve`'s sampling flags may set for every request (a request's own value wins)
+SERVER_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "max_tokens")
 DISCONNECT_POLL_S = 0.25
 
 
@@ -27,9 +34,23 @@ class Service:
     engine: EngineThread
     name: str
     guard: Guard | None = None  # `qwq serve --guard`: run on every prompt and reply unless a request opts out
-    aliases: tuple[str, ...] = ()
+    defaults: GenerationParams | None = None  # `qwq serve --temperature ...`: for requests that leave them unset
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    metrics: ServerMetrics | None = None
+    _submitted: weakref.WeakKeyDictionary[Handle, float] = field(default_factory=weakref.WeakKeyDictionary)
+
+    @property
+    def busy(self) -> bool:
+        """Requests accepted and not yet finished (a model is unloaded only when it has none)."""
+        return self.engine.engine.has_work
+
+    @property
+    def resident_bytes(self) -> int:
+        """The memory its weights and KV cache hold (ollama's `size` in /api/ps)."""
+        network = self.model.network
+        tensors = [*network.parameters(), *network.buffers(), *_tensors(vars(self.engine.engine.cache).values())]
+        return sum(t.nelement() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
     def submit(
         self,
@@ -41,6 +62,7 @@ class Service:
         """Queue one request per choice, all or none, now: bad prompts, a prompt the guard blocks and a full
         server fail before any response starts. `prompt`: chat messages (offering `tools`), a text, or token ids."""
         model = self.model
+        choices = [self._with_defaults(params) for params in choices]
         if isinstance(prompt, str) or (prompt and not isinstance(prompt[0], dict)):
             ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             requests = [model.request(ids, params, guard=self.guard) for params in choices]
@@ -49,15 +71,48 @@ class Service:
                 model.chat_request(list(prompt), params, guard=self.guard, tools=tools, tool_choice=tool_choice)
                 for params in choices
             ]
-        return self.engine.submit(requests)
+        handles = self.engine.submit(requests)
+        for handle in handles:
+            self._submitted[handle] = time.perf_counter()
+        return handles
+
+    def _with_defaults(self, params: GenerationParams) -> GenerationParams:
+        if self.defaults is None:
+            return params
+        unset = {name: getattr(self.defaults, name) for name in SERVER_DEFAULTS if getattr(params, name) is None}
+        return params.merged(**unset)
 
     def completion(self, handle: Handle) -> Completion:
         """The handle's reply through the text pipeline; closing it cancels the request."""
         request = handle.request
-        return Completion(handle.outputs(), request, self.model.splitter_args(request), on_close=handle.cancel)
+        return Completion(self._counted(handle), request, self.model.splitter_args(request), on_close=handle.cancel)
+
+    def _counted(self, handle: Handle) -> Iterator[SequenceOutput]:
+        """The handle's outputs, its first token's delay and its token counts told to the metrics."""
+        submitted, first = self._submitted.pop(handle, time.perf_counter()), True
+        for output in handle.outputs():
+            if self.metrics is not None and first and output.new_ids:
+                self.metrics.first_token.labels(self.name).observe(time.perf_counter() - submitted)
+                first = False
+            if self.metrics is not None and output.finish_reason is not None:
+                self.metrics.prompt_tokens.labels(self.name).inc(len(handle.request.prompt_ids))
+                self.metrics.generated_tokens.labels(self.name).inc(output.num_output)
+            yield output
+
+    def close(self, wait: bool = True) -> None:
+        """End what is in flight (finish reason `abort`) and stop the engine's thread."""
+        self.engine.close(wait=wait)
 
     def token_text(self, token: int) -> str:
         return self.model.tokenizer.decode([token])
+
+
+def _tensors(values: Sequence[Any]) -> Iterator[torch.Tensor]:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, list | tuple):
+            yield from _tensors(value)
 
 
 async def stream_until_closed(

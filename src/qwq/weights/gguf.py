@@ -66,6 +66,9 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
+RAW_ROWS_PER_BLOCK = 4096  # rows of a GGUF tensor's own bytes handed over at once to a layer kept at its bits
+
+
 @dataclass(frozen=True)
 class RowBlocks:
     """A 2-D weight handed over as float32 blocks of rows, each read and dequantized when its turn comes: a
@@ -90,7 +93,7 @@ class RawBlocks:
     shape: tuple[int, int]
     qtype: GGMLQuantizationType
     read: Callable[[int, int], torch.Tensor]  # rows [start, end) as raw bytes
-    rows_per_block: int = 4096
+    rows_per_block: int = RAW_ROWS_PER_BLOCK
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, self.shape[0], self.rows_per_block):

@@ -1,14 +1,19 @@
 // The qwq chat page: talks to this server's OpenAI-compatible API (streamed chat completions), shows the
 // model's reasoning apart from its answer, and asks the server to render the answer's markdown and math.
+// The models to pick from come from /api/tags; conversations are kept in this browser (localStorage).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SETTINGS_KEY = "qwq.settings";
+const MODEL_KEY = "qwq.model";
+const CONVERSATIONS_KEY = "qwq.conversations"; // id -> {title, model, messages, updated}
+const CURRENT_KEY = "qwq.conversation";
 const SETTING_FIELDS = [
   "system-prompt", "temperature", "max-tokens", "api-key", "think-budget", "loop-action", "language-mode", "language",
 ];
 
 const chat = {
+  id: newId(),
   model: null,
   messages: [], // what the model sees next turn: user and assistant answers (never the reasoning)
   controller: null, // aborts the reply being streamed
@@ -74,6 +79,63 @@ function controlsSummary(report) {
   return parts.join(" · ");
 }
 
+// ---------- conversations kept in the browser ----------
+
+function newId() {
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+function storedConversations() {
+  try {
+    return JSON.parse(localStorage.getItem(CONVERSATIONS_KEY) || "{}");
+  } catch {
+    return {}; // unreadable: start afresh rather than fail
+  }
+}
+
+/** Keep the conversation so far (called after each exchange); the reasoning is not kept, the answers are. */
+function saveConversation() {
+  if (!chat.messages.length) return;
+  const all = storedConversations();
+  const title = chat.messages[0].content.slice(0, 60);
+  all[chat.id] = { title, model: chat.model, messages: chat.messages, updated: Date.now() };
+  localStorage.setItem(CONVERSATIONS_KEY, JSON.stringify(all));
+  localStorage.setItem(CURRENT_KEY, chat.id);
+  fillConversationPicker();
+}
+
+function fillConversationPicker() {
+  const picker = $("conversation-picker");
+  const entries = Object.entries(storedConversations()).sort((a, b) => b[1].updated - a[1].updated);
+  const options = [new Option("New conversation", "")];
+  for (const [id, saved] of entries) options.push(new Option(saved.title, id));
+  picker.replaceChildren(...options);
+  picker.value = entries.some(([id]) => id === chat.id) ? chat.id : "";
+}
+
+/** Show a kept conversation and go on from it. */
+function openConversation(id) {
+  const saved = storedConversations()[id];
+  if (!saved) return;
+  chat.controller?.abort();
+  chat.id = id;
+  chat.messages = [...saved.messages];
+  $("messages").replaceChildren();
+  for (const message of chat.messages) {
+    if (message.role === "user") addUserMessage(message.content);
+    else {
+      const view = addAssistantMessage();
+      view.article.dataset.state = "done";
+      view.answer.update(message.content);
+    }
+  }
+  if (saved.model && [...$("model-picker").options].some((option) => option.value === saved.model)) {
+    chooseModel(saved.model);
+  }
+  localStorage.setItem(CURRENT_KEY, id);
+  fillConversationPicker();
+}
+
 // ---------- talking to the server ----------
 
 function headers() {
@@ -98,9 +160,18 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+function chooseModel(name) {
+  chat.model = name || null;
+  $("model-picker").value = name ?? "";
+  $("model-name").textContent = chat.model ?? "no model";
+  if (chat.model) localStorage.setItem(MODEL_KEY, chat.model);
+}
+
+/** The server's models (/api/tags: those given at start first) into the picker; the last one chosen here is
+ * chosen again if the server still serves it. */
 async function connect() {
   try {
-    const response = await fetch("v1/models", { headers: headers() });
+    const response = await fetch("api/tags", { headers: headers() });
     if (!response.ok) {
       const message = await errorText(response);
       $("model-name").textContent = "not connected";
@@ -108,10 +179,11 @@ async function connect() {
       if (response.status === 401) toggleSettings(true);
       return;
     }
-    const body = await response.json();
-    chat.model = body.data[0]?.id ?? null;
-    $("model-name").textContent = chat.model ?? "no model";
-    setStatus("");
+    const names = (await response.json()).models.map((model) => model.name);
+    $("model-picker").replaceChildren(...names.map((name) => new Option(name, name)));
+    const kept = localStorage.getItem(MODEL_KEY);
+    chooseModel(names.includes(chat.model) ? chat.model : names.includes(kept) ? kept : names[0]);
+    setStatus(names.length ? "" : "The server serves no model yet: pull one (qwq pull NAME).");
   } catch (error) {
     $("model-name").textContent = "not connected";
     setStatus(`Cannot reach the server: ${error.message}`, true);
@@ -348,14 +420,18 @@ async function send(text) {
   view.article.dataset.state = outcome;
   if (outcome === "error") chat.messages.pop(); // the model never answered: let the user try again
   else chat.messages.push({ role: "assistant", content: answer });
+  saveConversation();
 }
 
 // ---------- wiring ----------
 
 function startNewChat() {
   chat.controller?.abort();
+  chat.id = newId();
   chat.messages = [];
   $("messages").replaceChildren();
+  localStorage.removeItem(CURRENT_KEY);
+  fillConversationPicker();
   setStatus("");
   $("prompt").focus();
 }
@@ -367,6 +443,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("toggle-settings").addEventListener("click", () => toggleSettings());
   $("settings").addEventListener("submit", (event) => event.preventDefault());
   $("new-chat").addEventListener("click", startNewChat);
+  $("model-picker").addEventListener("change", (event) => chooseModel(event.target.value));
+  $("conversation-picker").addEventListener("change", (event) => {
+    if (event.target.value) openConversation(event.target.value);
+    else startNewChat();
+  });
   $("stop").addEventListener("click", () => chat.controller?.abort());
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -379,6 +460,10 @@ document.addEventListener("DOMContentLoaded", () => {
       $("composer").requestSubmit();
     }
   });
-  connect();
+  fillConversationPicker();
+  connect().then(() => {
+    const current = localStorage.getItem(CURRENT_KEY);
+    if (current) openConversation(current); // a reload goes on where it was
+  });
   $("prompt").focus();
 });
