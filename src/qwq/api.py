@@ -362,7 +362,7 @@ class Model:
         return text
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -372,7 +372,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     return _DTYPES[dtype]
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -563,9 +563,9 @@ def load(
     False, a model that will not fit in the available memory is refused before any weight is read.
     `progress(done, total)` is called per tensor loaded.
     """
-    resolved_device = _resolve_device(device)
+    resolved_device = resolve_device(device)
     options = LoadOptions(
-        dtype=_resolve_dtype(dtype, resolved_device),
+        dtype=resolve_dtype(dtype, resolved_device),
         device=resolved_device,
         quant=quant,
         group_size=quant_group_size,
