@@ -51,7 +51,9 @@ def build(flags: tuple[str, ...] = ("-march=native",), name: str = "qwq_kernels"
 
     texts = [source.read_text() for source in SOURCES]
     key = hashlib.sha256("\n".join([*texts, torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[:16]
-    directory = qwq_home() / "build" / f"{name}-{key}"
+    # the real path: a home whose build folder is a link to another's reuses that build (ninja keys its steps on
+    # the sources' paths)
+    directory = (qwq_home() / "build").resolve() / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"  # torch's build lock: one left by a build that was killed would block forever
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
