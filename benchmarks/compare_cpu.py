@@ -1,7 +1,8 @@
 """qwq against llama.cpp and HF transformers on the same GGUF and thread count, measured in one run.
 
-Configurations: qwq (bfloat16, int8, int4 on qwq's own kernels, int8 / int4 on PyTorch's packed kernels, and
-float32), llama.cpp (llama-cpp-python, the GGUF as stored), transformers (float32, bfloat16). Each runs in its
+Configurations: qwq (gguf: the file's own bits on qwq's kernels for its block formats; bfloat16, int8, int4 on qwq's
+own kernels, int8 / int4 on PyTorch's packed kernels, and float32), llama.cpp (llama-cpp-python, the GGUF as
+stored; `--llama-python` runs it with another interpreter), transformers (float32, bfloat16). Each runs in its
 own process, one after the other, so its peak RSS is its own; `--rounds N` repeats the whole sequence and
 reports each configuration's median (the machine's speed drifts by minutes: rounds spread that over all).
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 CONFIGS = [
     "llama.cpp-gguf",
+    "qwq-gguf",
     "transformers-float32",
     "transformers-bfloat16",
     "qwq-float32",
@@ -65,9 +67,10 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
     import qwq
     from qwq.benchmark import proc_status_gib, run_benchmark
     from qwq.quant import native
+    from qwq.quant.gguf_linear import GGUFLinear
     from qwq.quant.linear import Int4Linear, Int8Linear
 
-    quant = variant if variant.startswith("int") else None
+    quant = variant if variant in ("int8", "int4", "gguf") else None
     qwq.load(args.path, device="meta")  # the tokenizer and config: the runtime without weights
     if quant and kernels != "torchkernels":
         native.kernels()
@@ -88,7 +91,7 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
     stored = sum(t.numel() * t.element_size() for t in tensors.values())
     read = 0  # bytes of weights each decode step reads: every matrix but the embedding table
     for name, module in model.network.named_modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
+        if isinstance(module, (Int8Linear, Int4Linear, GGUFLinear)):
             read += sum(b.numel() * b.element_size() for b in module.buffers())
         elif name and hasattr(module, "weight") and "embed_tokens" not in name:
             read += module.weight.numel() * module.weight.element_size()
@@ -102,9 +105,8 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
 
 
 def _run_llama_cpp(args: argparse.Namespace) -> dict:
+    """llama.cpp alone (its interpreter may have neither torch nor qwq: the parent counts the bytes it reads)."""
     from llama_cpp import Llama
-
-    from qwq.weights.gguf_container import read_header
 
     ids = _prompt(args)
     llm = Llama(
@@ -125,9 +127,7 @@ def _run_llama_cpp(args: argparse.Namespace) -> dict:
         for _ in range(args.new_tokens):
             next(stream)
         timings.append((first - start, time.perf_counter() - first))
-    _, tensors = read_header(Path(args.path))
-    read = sum(t.n_bytes for t in tensors if t.name != "token_embd.weight")
-    return {**_median_rates(timings, args.prompt_tokens, args.new_tokens), "bytes_per_token": read}
+    return _median_rates(timings, args.prompt_tokens, args.new_tokens)
 
 
 def _run_transformers(args: argparse.Namespace, dtype_name: str) -> dict:
@@ -178,7 +178,8 @@ def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: P
     """One configuration in its own process, with the bandwidth read just before and after it."""
     from qwq.benchmark import read_bandwidth_gbs
 
-    command = [sys.executable, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
+    python = args.llama_python if config == "llama.cpp-gguf" and args.llama_python else sys.executable
+    command = [python, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
     for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     before = read_bandwidth_gbs(args.threads)
@@ -188,6 +189,11 @@ def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: P
         print(f"{config} failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
     result = {**json.loads(run.stdout.strip().splitlines()[-1]), "bandwidth": bandwidth}
+    if "bytes_per_token" not in result:  # llama.cpp reads every tensor as stored but the embedding table
+        from qwq.weights.gguf_container import read_header
+
+        _, tensors = read_header(Path(path))
+        result["bytes_per_token"] = sum(t.n_bytes for t in tensors if t.name != "token_embd.weight")
     print(f"measured {config}: {result}", file=sys.stderr)
     return result
 
@@ -206,6 +212,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, in turn")
     parser.add_argument("--group-size", type=int, default=32, help="qwq int4 group size")
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
+    parser.add_argument("--llama-python", help="an interpreter with llama_cpp installed (default: this one)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--prompt-file", help=argparse.SUPPRESS)

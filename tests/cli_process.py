@@ -23,6 +23,17 @@ WEB_CONTEXT = 2048
 WEB_KEY = "web-key-456"
 
 
+def home_sharing_kernels(home: Path, gguf_path: Path) -> Path:
+    """`home` (a fresh QWQ_HOME) with the kernel builds of the test model's home: a quantized GGUF runs at its own
+    bits on qwq's kernels by default, and building them in every fresh home takes minutes on a busy 2-core
+    machine, past a test's wait for the prompt."""
+    shared = gguf_path.parent.parent / "build"
+    shared.mkdir(parents=True, exist_ok=True)
+    if not (home / "build").exists():
+        (home / "build").symlink_to(shared, target_is_directory=True)
+    return home
+
+
 def run_qwq(
     *args: str, stdin: str | None = None, home: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:

@@ -34,15 +34,35 @@ def vocabulary() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+# a llama.cpp-like mix of types for a file quantized to Q4_K (Q4_K_M keeps V in Q6_K; the 0.5B has Q8_0 parts)
+GGUF_MIX = {"attn_v.weight": QType.Q6_K, "ffn_down.weight": QType.Q8_0}
+K_SCALE_OFFSETS = {QType.Q2_K: (80, 82), QType.Q3_K: (108,), QType.Q4_K: (0, 2), QType.Q5_K: (0, 2), QType.Q6_K: (208,)}
+
+
 def _k_quant_blocks(qtype: QType, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     """Random K-quant blocks with small, finite scales (the gguf package cannot quantize K types)."""
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
     scale = np.frombuffer(np.float16(0.0002).tobytes(), dtype=np.uint8)
-    offsets = {QType.Q4_K: (0, 2), QType.Q5_K: (0, 2), QType.Q6_K: (size - 2,)}[qtype]
+    offsets = K_SCALE_OFFSETS[qtype]
     for offset in offsets:
         raw[:, :, offset : offset + 2] = scale
     return raw.reshape(rows, cols // block * size)
+
+
+def gguf_blocks(type_name: str, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """A [rows, k] tensor as a file would hold it: quantized by gguf where it can, else random blocks with small
+    finite scales (every byte pattern is a valid K block)."""
+    rng = np.random.default_rng(seed)
+    qtype = QType[type_name]
+    if qtype not in K_SCALE_OFFSETS:
+        return quantize(rng.normal(0, 0.05, size=(rows, k)).astype(np.float32), qtype)
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows, k // block, size), dtype=np.uint8)
+    for offset in K_SCALE_OFFSETS[qtype]:
+        scale = rng.uniform(1e-4, 3e-3, size=(rows, k // block)).astype(np.float16)
+        raw[:, :, offset : offset + 2] = scale.view(np.uint8).reshape(rows, k // block, 2)
+    return raw.reshape(rows, -1)
 
 
 def _encode(values: np.ndarray, qtype: QType, rng: np.random.Generator) -> np.ndarray:
@@ -50,7 +70,7 @@ def _encode(values: np.ndarray, qtype: QType, rng: np.random.Generator) -> np.nd
         return values.astype(np.float32)
     if qtype == QType.F16:
         return values.astype(np.float16)
-    if qtype in (QType.Q4_K, QType.Q5_K, QType.Q6_K):
+    if qtype in K_SCALE_OFFSETS:
         return _k_quant_blocks(qtype, *values.shape, rng)
     return quantize(values, qtype)
 
@@ -65,18 +85,20 @@ def write_gguf(
     context: int = SHAPE["context"],
     heads: int = SHAPE["heads"],
     rms_norm_eps: float = 1e-6,
+    types: dict[str, QType] | None = None,
     extra_tokens: int = 0,
 ) -> Path:
-    """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32);
+    """A 2-layer Qwen2 GGUF whose matrices are stored as `weight_type` (norms and biases stay F32), or as
+    `types[name]` for GGUF tensor names ending in `name` (as llama.cpp's mixes store V or down in another type);
     `model_name` goes to the metadata's general.name; `context` is its trained context; `heads` and
     `rms_norm_eps` change only the metadata (for checkpoints that lie about themselves); `extra_tokens`
     unused control tokens pad the vocabulary (9 make it 272: an LM head every quantized layout can hold)."""
     rng = np.random.default_rng(seed)
     hidden, kv_heads = SHAPE["hidden"], SHAPE["kv_heads"]
     head_dim = hidden // SHAPE["heads"]
-    tokens, types = vocabulary()
+    tokens, token_types = vocabulary()
     tokens += [f"<|extra_{i}|>" for i in range(extra_tokens)]
-    types += [3] * extra_tokens
+    token_types += [3] * extra_tokens
     writer = gguf.GGUFWriter(str(path), architecture)
     if model_name is not None:
         writer.add_name(model_name)
@@ -91,7 +113,7 @@ def write_gguf(
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    writer.add_token_types(token_types)
     writer.add_token_merges(MERGES)
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
@@ -100,11 +122,12 @@ def write_gguf(
 
     def matrix(name: str, rows: int, cols: int) -> None:
         values = rng.normal(0.0, 0.05, size=(rows, cols)).astype(np.float32)
-        data = _encode(values, weight_type, rng)
-        if weight_type in (QType.F32, QType.F16):
+        qtype = next((t for suffix, t in (types or {}).items() if name.endswith(suffix)), weight_type)
+        data = _encode(values, qtype, rng)
+        if qtype in (QType.F32, QType.F16):
             writer.add_tensor(name, data)
         else:
-            writer.add_tensor(name, data, raw_dtype=weight_type)  # shape follows from the byte shape
+            writer.add_tensor(name, data, raw_dtype=qtype)  # shape follows from the byte shape
 
     def vector(name: str, size: int, mean: float = 0.0) -> None:
         writer.add_tensor(name, (mean + rng.normal(0.0, 0.05, size=size)).astype(np.float32))

@@ -40,6 +40,14 @@ from qwq.errors import ContextLengthError, GenerationError, InvalidRequestError,
 from qwq.memory import check_fits, estimate
 from qwq.model.qwen2 import Qwen2ForCausalLM
 from qwq.presets import PRESETS, Preset
+from qwq.quant.gguf_linear import (
+    FILE_BITS,
+    KERNEL_TYPES,
+    GGUFEmbedding,
+    GGUFLinear,
+    file_bits_description,
+    keep_file_bits,
+)
 from qwq.quant.linear import Int4Linear, QuantizedLinear
 from qwq.quant.swap import quantize_linears
 from qwq.reasoning.controls import build_controls
@@ -49,7 +57,7 @@ from qwq.tokenizer.chat_template import Message
 from qwq.tokenizer.tokenizer import Tokenizer
 from qwq.weights import safetensors as safetensors_weights
 from qwq.weights.gguf import GGUFFile
-from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_table_dtype
+from qwq.weights.loader import EMBEDDING, build_empty, load_weights, quantized_table_dtype, stores_weight
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +111,10 @@ class Model:
 
     @property
     def quantization(self) -> str | None:
-        """ "int8" or "int4" when the Linear weights are stored quantized, else None."""
+        """ "int8" or "int4" when the Linear weights are stored quantized, "gguf Q4_K/Q6_K" when a GGUF runs at its
+        own bits, else None."""
+        if (file_bits := file_bits_description(self.network)) is not None:
+            return file_bits
         layers = [m for m in self.network.modules() if isinstance(m, QuantizedLinear)]
         if any(isinstance(m, Int4Linear) for m in layers):
             return "int4"  # int4 models keep a few unpackable layers as int8
@@ -129,8 +140,9 @@ class Model:
         optionally without the vocabulary matrices."""
         counts = {id(p): (name, p.numel()) for name, p in self.network.named_parameters()}
         for name, module in self.network.named_modules():
-            if isinstance(module, QuantizedLinear):
-                counts[id(module)] = (f"{name}.weight", module.out_features * module.in_features)
+            if stores_weight(module):  # a tied GGUF head shares the table's planes: counted once
+                key = id(module.plane0) if isinstance(module, GGUFLinear | GGUFEmbedding) else id(module)
+                counts[key] = (f"{name}.weight", module.out_features * module.in_features)
         embeddings = ("model.embed_tokens.weight", "lm_head.weight")
         return sum(n for name, n in counts.values() if not (exclude_embeddings and name in embeddings))
 
@@ -350,7 +362,7 @@ class Model:
         return text
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -360,7 +372,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     return _DTYPES[dtype]
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -393,10 +405,18 @@ def _resolve_kv_cache(kv_cache: str | None, quant: str | None) -> torch.dtype | 
 
 
 def _empty_network(
-    config: ModelConfig, quant: str | None, group_size: int, kv_dtype: torch.dtype | None
+    config: ModelConfig,
+    quant: str | None,
+    group_size: int,
+    kv_dtype: torch.dtype | None,
+    gguf: GGUFFile | None = None,
 ) -> Qwen2ForCausalLM:
     network = build_empty(config)
     network.kv_cache_dtype = kv_dtype
+    if quant == FILE_BITS:
+        if gguf is None:
+            raise InvalidRequestError(f"quant={FILE_BITS!r} keeps a GGUF file's own bits: it needs a .gguf file")
+        return keep_file_bits(network, gguf.tensor_types())
     return quantize_linears(network, quant, group_size) if quant else network
 
 
@@ -413,6 +433,7 @@ class LoadOptions:
     default_context_length: int | None
     check_memory: bool
     progress: Callable[[int, int], None] | None
+    file_bits: bool = False  # a quantized GGUF keeps its own bits (neither a dtype nor a quant was asked for)
 
 
 def _context_length(config: ModelConfig, requested: int | None, source: str, default: int | None = None) -> int:
@@ -428,10 +449,12 @@ def _context_length(config: ModelConfig, requested: int | None, source: str, def
     return requested
 
 
-def _plan(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2ForCausalLM, int]:
+def _plan(
+    config: ModelConfig, options: LoadOptions, source: str, gguf: GGUFFile | None = None
+) -> tuple[Qwen2ForCausalLM, int]:
     """The empty (meta) network and the context length, after checking the model will fit in memory."""
     context = _context_length(config, options.context_length, source, options.default_context_length)
-    network = _empty_network(config, options.quant, options.group_size, options.kv_dtype)
+    network = _empty_network(config, options.quant, options.group_size, options.kv_dtype, gguf)
     if options.check_memory and options.device.type != "meta":
         need = estimate(network, options.dtype, context)
         check_fits(need, options.device, source, options.quant is not None, context)
@@ -440,16 +463,29 @@ def _plan(config: ModelConfig, options: LoadOptions, source: str) -> tuple[Qwen2
 
 def _load_gguf(path: Path, options: LoadOptions) -> Model:
     gguf = GGUFFile(path)
+    quantized = [t.name for t in set(gguf.tensor_types().values()) if t in KERNEL_TYPES]
+    if options.file_bits and options.quant is None and quantized:
+        options = dataclasses.replace(options, quant=FILE_BITS, kv_dtype=options.kv_dtype or torch.bfloat16)
+    elif options.quant in ("int8", "int4") and quantized:
+        logger.warning(
+            "%s: re-quantizing its %s weights to %s rounds them a second time; without --quant the file runs at its "
+            "own bits",
+            path,
+            "/".join(sorted(quantized)),
+            options.quant,
+        )
     config = gguf.model_config()
     tokenizer = Tokenizer.from_gguf(gguf)
-    network, context = _plan(config, options, str(path))
+    network, context = _plan(config, options, str(path), gguf)
     if options.device.type != "meta":
-        # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in
-        table = {EMBEDDING: quantized_table_dtype(options.dtype)} if options.quant else None
-        quantized = [
-            f"{name}.weight" for name, module in network.named_modules() if isinstance(module, QuantizedLinear)
-        ]
-        tensors = gguf.tensors(torch.float32 if options.quant else options.dtype, table, row_blocks=set(quantized))
+        # quantize from full precision; the embedding table comes in the dtype a quantized model keeps it in;
+        # layers that keep the file's bits take its blocks
+        requantized = options.quant not in (None, FILE_BITS)
+        table = {EMBEDDING: quantized_table_dtype(options.dtype)} if requantized else None
+        stored = {f"{name}.weight": module for name, module in network.named_modules() if stores_weight(module)}
+        raw = {name for name, module in stored.items() if isinstance(module, GGUFLinear | GGUFEmbedding)}
+        dtype = torch.float32 if requantized else options.dtype
+        tensors = gguf.tensors(dtype, table, row_blocks=set(stored) - raw, raw_blocks=raw)
         network = prepare(load_weights(network, tensors, str(path), options.dtype, options.device, options.progress))
     return Model(network, tokenizer, _gguf_defaults(gguf, _eos_ids(config, tokenizer)), str(path), context)
 
@@ -518,16 +554,18 @@ def load(
     and builds the architecture without weights (for planning, parameter counts, `qwq show`).
     dtype defaults to float32 on CPU and bfloat16 on CUDA. quant "int8" (per output
     channel) or "int4" (groups of `quant_group_size` inputs) stores every Linear weight, the LM head included,
-    quantized (CPU only: it runs on PyTorch's packed CPU kernels). `kv_cache` "bf16" or "f32" is the KV cache's
+    quantized (CPU only: it runs on PyTorch's packed CPU kernels). A quantized GGUF on CPU keeps its own bits
+    (quant "gguf": its Q4_K, Q6_K, Q8_0, ... blocks on qwq's kernels) unless a dtype (dequantized, as for
+    parity) or int8/int4 (re-quantized) is asked for. `kv_cache` "bf16" or "f32" is the KV cache's
     dtype (default: "bf16" for a quantized model, the activations' dtype otherwise). `context_length` caps the
     context (and the memory the KV cache may take); without it the context is the model's, or
     `default_context_length` when that is smaller (the CLI's laptop-sized default). Unless `check_memory` is
     False, a model that will not fit in the available memory is refused before any weight is read.
     `progress(done, total)` is called per tensor loaded.
     """
-    resolved_device = _resolve_device(device)
+    resolved_device = resolve_device(device)
     options = LoadOptions(
-        dtype=_resolve_dtype(dtype, resolved_device),
+        dtype=resolve_dtype(dtype, resolved_device),
         device=resolved_device,
         quant=quant,
         group_size=quant_group_size,
@@ -536,6 +574,7 @@ def load(
         default_context_length=default_context_length,
         check_memory=check_memory,
         progress=progress,
+        file_bits=dtype is None and resolved_device.type in ("cpu", "meta"),
     )
     if quant is not None and resolved_device.type not in ("cpu", "meta"):
         raise InvalidRequestError(f"quant={quant!r} runs on CPU kernels; on {resolved_device.type} load bfloat16")

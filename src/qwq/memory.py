@@ -19,8 +19,10 @@ import torch
 from qwq.errors import InsufficientMemoryError, InvalidRequestError
 from qwq.model.kv_cache import KVCache
 from qwq.model.qwen2 import Qwen2ForCausalLM
+from qwq.quant.gguf_linear import GGUFEmbedding, GGUFLinear
 from qwq.quant.linear import _ROWS_PER_CHUNK as QUANTIZED_ROWS_PER_BLOCK
 from qwq.quant.linear import QuantizedLinear
+from qwq.weights.gguf import RAW_ROWS_PER_BLOCK
 
 GIB = 1 << 30
 RUNTIME_OVERHEAD_BYTES = int(0.5 * GIB)  # the interpreter, torch and tokenizer, measured ~0.4 GiB here
@@ -62,11 +64,18 @@ def estimate(network: Qwen2ForCausalLM, dtype: torch.dtype, context_length: int)
     if quantized:
         widest = max(m.in_features for m in network.modules() if isinstance(m, QuantizedLinear))
         transient = QUANTIZING_BLOCK_COPIES * QUANTIZED_ROWS_PER_BLOCK * widest * 4
-    else:
-        transient = max(t.numel() for t in [*parameters.values(), *network.buffers()]) * element
+    else:  # a layer kept at the file's bits is packed from one block of its raw rows at a time
+        floats = [*parameters.values(), *(b for b in network.buffers() if b.dtype.is_floating_point)]
+        transient = max(max(t.numel() for t in floats) * element, _raw_block_bytes(network))
     kv_dtype = network.kv_cache_dtype or dtype
     kv_cache = KVCache.bytes_per_position(network.config, kv_dtype) * context_length
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, loading_transient=transient, kv_dtype=kv_dtype)
+
+
+def _raw_block_bytes(network: Qwen2ForCausalLM) -> int:
+    """The largest block of a GGUF tensor's raw rows that loading holds while packing a layer kept at its bits."""
+    layers = [m for m in network.modules() if isinstance(m, GGUFLinear | GGUFEmbedding)]
+    return max((RAW_ROWS_PER_BLOCK * sum(p.shape[1] for p in m.planes) for m in layers), default=0)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

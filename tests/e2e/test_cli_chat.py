@@ -9,6 +9,8 @@ import sys
 import pexpect
 import pytest
 
+from cli_process import home_sharing_kernels
+
 PROMPT = ">>>"
 
 
@@ -17,7 +19,7 @@ def chat(gguf_path, tmp_path):
     child = pexpect.spawn(
         sys.executable,
         ["-m", "qwq.cli.main", "run", str(gguf_path), "--ctx", "2048"],
-        env={**os.environ, "QWQ_HOME": str(tmp_path)},
+        env={**os.environ, "QWQ_HOME": str(home_sharing_kernels(tmp_path, gguf_path))},
         encoding="utf-8",
         timeout=120,
         dimensions=(40, 200),

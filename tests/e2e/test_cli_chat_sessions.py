@@ -12,6 +12,8 @@ import sys
 import pexpect
 import pytest
 
+from cli_process import home_sharing_kernels
+
 PROMPT = ">>> "
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -20,7 +22,7 @@ def _spawn(gguf_path, home, *arguments: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
         ["-m", "qwq.cli.main", "run", str(gguf_path), "--ctx", "1024", "--temperature", "0", *arguments],
-        env={**os.environ, "QWQ_HOME": str(home)},
+        env={**os.environ, "QWQ_HOME": str(home_sharing_kernels(home, gguf_path))},
         encoding="utf-8",
         timeout=180,
         dimensions=(40, 200),

@@ -63,7 +63,7 @@ def test_two_names_answer_alternately_through_both_clients(server):
 
 def test_keep_alive_zero_unloads_and_memory_drops(server):
     size = _resident(server.url)[COPY]["size"]
-    assert size > 1e9  # float32 weights of 0.5B parameters and the KV cache
+    assert size > 0.45e9  # the file's own bits (0.49 GB: the default for a quantized GGUF) and the KV cache
     before = _rss(server)
     answer = ollama.Client(server.url).generate(
         model=COPY, prompt="What is 2+2? Reply with only the number.", keep_alive=0, options={"temperature": 0}

@@ -29,7 +29,7 @@ def _reference_logits(directory: Path, ids: list[int], gguf_file: str | None = N
 @pytest.mark.parametrize("type_name", TYPES)
 def test_gguf_tensor_type_matches_transformers(tmp_path, type_name):
     path = write_gguf(tmp_path / f"tiny-{type_name}.gguf", QType[type_name])
-    model = qwq.load(path)
+    model = qwq.load(path, dtype="float32")  # dequantized (a quantized file's own bits are its default)
     ids = model.tokenizer.encode(TEXT)
     expected = _reference_logits(tmp_path, ids, path.name)
     assert (model.logits(ids) - expected).abs().max().item() < 1e-4
@@ -37,7 +37,7 @@ def test_gguf_tensor_type_matches_transformers(tmp_path, type_name):
 
 def test_gguf_without_output_tensor_ties_embeddings(tmp_path):
     path = write_gguf(tmp_path / "tied.gguf", QType.Q8_0, tied=True)
-    model = qwq.load(path)
+    model = qwq.load(path, dtype="float32")
     assert model.config.tie_word_embeddings
     assert model.network.lm_head.weight is model.network.model.embed_tokens.weight
     ids = model.tokenizer.encode(TEXT)
@@ -57,7 +57,7 @@ def test_hf_safetensors_directory_matches_transformers(tmp_path, shard):
 
 def test_bfloat16_load_keeps_bfloat16_weights(tmp_path):
     path = write_gguf(tmp_path / "tiny.gguf", QType.Q8_0)
-    full, half = qwq.load(path), qwq.load(path, dtype="bfloat16")
+    full, half = qwq.load(path, dtype="float32"), qwq.load(path, dtype="bfloat16")
     assert half.dtype == torch.bfloat16
     ids = full.tokenizer.encode(TEXT)
     assert half.logits(ids).dtype == torch.float32

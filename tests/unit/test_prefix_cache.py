@@ -20,7 +20,7 @@ from qwq.engine.prefix_cache import BLOCK, PrefixCache, prompt_rows_exact
 from qwq.errors import InvalidRequestError
 from qwq.model.kv_cache import KVCache
 
-from tiny_checkpoints import write_gguf
+from tiny_checkpoints import GGUF_MIX, write_gguf
 
 CONTEXT = 1024
 CHUNK = 128  # two blocks: prompts resume mid-chunk as well as on the chunk grid
@@ -31,8 +31,12 @@ def tiny_path(tmp_path_factory):
     return write_gguf(tmp_path_factory.mktemp("prefix") / "tiny.gguf", QType.F32, context=CONTEXT, extra_tokens=9)
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
+@pytest.fixture(scope="module", params=["int8", "int4", "gguf"])
 def quantized(request, tiny_path) -> qwq.Model:
+    """qwq's int8 and int4 of a float file, and a quantized file at its own bits (the default for one)."""
+    if request.param == "gguf":
+        mix = write_gguf(tiny_path.with_name("mix.gguf"), QType.Q4_K, context=CONTEXT, extra_tokens=9, types=GGUF_MIX)
+        return qwq.load(mix)
     return qwq.load(tiny_path, quant=request.param)
 
 

@@ -18,7 +18,7 @@ from qwq.engine.engine import Engine, decode_rows_exact
 from qwq.engine.request import GenerationParams
 from qwq.engine.sequence import SequenceState
 
-from tiny_checkpoints import write_gguf
+from tiny_checkpoints import GGUF_MIX, write_gguf
 
 CONTEXT = 512
 
@@ -28,8 +28,12 @@ def tiny_path(tmp_path_factory):
     return write_gguf(tmp_path_factory.mktemp("speculative") / "tiny.gguf", QType.F32, context=CONTEXT, extra_tokens=9)
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
+@pytest.fixture(scope="module", params=["int8", "int4", "gguf"])
 def quantized(request, tiny_path) -> qwq.Model:
+    """qwq's int8 and int4 of a float file, and a quantized file at its own bits (the default for one)."""
+    if request.param == "gguf":
+        mix = write_gguf(tiny_path.with_name("mix.gguf"), QType.Q4_K, context=CONTEXT, extra_tokens=9, types=GGUF_MIX)
+        return qwq.load(mix)
     return qwq.load(tiny_path, quant=request.param)
 
 

@@ -25,8 +25,8 @@ from qwq.paths import qwq_home
 
 logger = logging.getLogger(__name__)
 
-# the quantized matmuls, and the rest of a decode step (RMSNorm, one token's attention)
-SOURCES = (Path(__file__).with_name("kernels.cpp"), Path(__file__).with_name("step_kernels.cpp"))
+# the quantized matmuls, the rest of a decode step (RMSNorm, one token's attention), and the GGUF block formats
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("kernels.cpp", "step_kernels.cpp", "gguf_kernels.cpp"))
 ROWS = 4  # rows interleaved in the packed layouts
 UNIT = 64  # bytes of one row before the next row's
 INT4_CHUNK = 128  # weights per 64 bytes of int4
@@ -51,7 +51,9 @@ def build(flags: tuple[str, ...] = ("-march=native",), name: str = "qwq_kernels"
 
     texts = [source.read_text() for source in SOURCES]
     key = hashlib.sha256("\n".join([*texts, torch.__version__, _cpu_flags(), *flags]).encode()).hexdigest()[:16]
-    directory = qwq_home() / "build" / f"{name}-{key}"
+    # the real path: a home whose build folder is a link to another's reuses that build (ninja keys its steps on
+    # the sources' paths)
+    directory = (qwq_home() / "build").resolve() / f"{name}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"  # torch's build lock: one left by a build that was killed would block forever
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:

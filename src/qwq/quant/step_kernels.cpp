@@ -28,6 +28,9 @@ torch::Tensor int8_matmul(const torch::Tensor& x, const torch::Tensor& data, con
                           const c10::optional<torch::Tensor>& bias);
 torch::Tensor int4_matmul(const torch::Tensor& x, const torch::Tensor& data, const torch::Tensor& scale,
                           const torch::Tensor& low, int64_t group_size, const c10::optional<torch::Tensor>& bias);
+// gguf_kernels.cpp
+torch::Tensor gguf_matmul(const torch::Tensor& x, const std::vector<int64_t>& types, int64_t k,
+                          const std::vector<std::vector<torch::Tensor>>& planes, const c10::optional<torch::Tensor>& bias);
 
 namespace {
 
@@ -602,7 +605,9 @@ torch::Tensor decode_attention(const torch::Tensor& qkv, const torch::Tensor& co
 
 namespace {
 
-// One quantized Linear layer as qwq.quant.linear stores it: int8 (no low, group size 0) or int4.
+// One quantized Linear layer as qwq.quant stores it: int8 (no low, group size 0), int4, or a GGUF tensor's own
+// blocks (qwq.quant.gguf_linear) - one part, or several of different types whose outputs lie side by side
+// (Q/K/V of a file that stores V in another type than Q and K).
 class QuantizedMatrix {
  public:
   QuantizedMatrix(torch::Tensor data, torch::Tensor scale, c10::optional<torch::Tensor> low,
@@ -612,8 +617,16 @@ class QuantizedMatrix {
     TORCH_CHECK(low_.has_value() == (group_size_ > 0), "int4 weights need a low and a group size, int8 neither");
   }
 
+  QuantizedMatrix(std::vector<int64_t> gguf_types, int64_t in_features, std::vector<std::vector<torch::Tensor>> gguf_planes,
+                  c10::optional<torch::Tensor> bias)
+      : bias_(std::move(bias)), group_size_(0), gguf_types_(std::move(gguf_types)), in_features_(in_features),
+        gguf_planes_(std::move(gguf_planes)) {
+    TORCH_CHECK(!gguf_types_.empty() && gguf_types_.size() == gguf_planes_.size(), "one GGUF type per part expected");
+  }
+
   // x (M, K) -> (M, N)
   torch::Tensor operator()(const torch::Tensor& x) const {
+    if (!gguf_types_.empty()) return gguf_matmul(x, gguf_types_, in_features_, gguf_planes_, bias_);
     return low_.has_value() ? int4_matmul(x, data_, scale_, *low_, group_size_, bias_)
                             : int8_matmul(x, data_, scale_, bias_);
   }
@@ -622,6 +635,9 @@ class QuantizedMatrix {
   torch::Tensor data_, scale_;
   c10::optional<torch::Tensor> low_, bias_;
   int64_t group_size_;
+  std::vector<int64_t> gguf_types_;
+  int64_t in_features_ = 0;
+  std::vector<std::vector<torch::Tensor>> gguf_planes_;
 };
 
 // out += residual, element by element (same shapes)
@@ -664,7 +680,11 @@ class DecoderLayerStep {
 
 }  // namespace
 
+// gguf_kernels.cpp: the GGUF block formats' kernels
+void register_gguf_kernels(pybind11::module& module);
+
 void register_step_kernels(pybind11::module& module) {
+  register_gguf_kernels(module);
   module.def("rms_norm", &rms_norm, "x (M, K) float32 -> weight * x / sqrt(mean(x^2) + eps), row by row");
   module.def("silu_mul", &silu_mul, "(M, 2F) gate | up -> (M, F) silu(gate) * up");
   module.def("decode_attention", &decode_attention,
@@ -672,6 +692,8 @@ void register_step_kernels(pybind11::module& module) {
   pybind11::class_<QuantizedMatrix>(module, "QuantizedMatrix")
       .def(pybind11::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>,
                           int64_t>())
+      .def(pybind11::init<std::vector<int64_t>, int64_t, std::vector<std::vector<torch::Tensor>>,
+                          c10::optional<torch::Tensor>>())
       .def("__call__", &QuantizedMatrix::operator());
   pybind11::class_<DecoderLayerStep>(module, "DecoderLayerStep")
       .def(pybind11::init<torch::Tensor, torch::Tensor, double, QuantizedMatrix, QuantizedMatrix, QuantizedMatrix,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from qwq.api import Model, load
+from qwq.api import Model, load, resolve_device, resolve_dtype
 from qwq.config import ModelConfig
 from qwq.engine.output import Completion
 from qwq.engine.request import GREEDY_BELOW, Request
@@ -212,7 +212,7 @@ class AutoModelForCausalLM:
         **options: Any,
     ) -> CompatModel:
         """A model name, .gguf file or checkpoint directory (see `qwq.transformers.sources`) loaded by `qwq.load`;
-        `quantization="int8"|"int4"` is its `quant`, and its other options pass through by name."""
+        `quantization="int8"|"int4"|"gguf"` is its `quant`, and its other options pass through by name."""
         for key in options:
             if key not in _LOAD_OPTIONS + _NO_OP_LOAD:
                 raise InvalidRequestError(
@@ -221,6 +221,10 @@ class AutoModelForCausalLM:
                 )
         chosen_dtype = _dtype(torch_dtype, dtype)
         device = _device(device_map, quantization is not None)
+        if chosen_dtype is None and quantization is None:
+            # transformers dequantizes a GGUF, so code written for it gets those weights here too (quantization=
+            # "gguf" keeps a quantized file's own bits, qwq.load's default for one)
+            chosen_dtype = resolve_dtype(None, resolve_device(device))
         path = checkpoint_path(pretrained_model_name_or_path, gguf_file)
         load_options = {key: value for key, value in options.items() if key in _LOAD_OPTIONS}
         return CompatModel(load(path, chosen_dtype, device, quantization, **load_options))

@@ -3,7 +3,8 @@ under HF names.
 
 Tensors are read one at a time and dequantized (by the `gguf` package) in row chunks straight into
 the target dtype, so loading holds the final weights plus one chunk, never a second full copy; a weight
-that a quantized layer takes comes as blocks of rows it quantizes one at a time.
+that a quantized layer takes comes as blocks of rows it quantizes one at a time, and one that a layer keeps
+at the file's bits (qwq.quant.gguf_linear) comes as its raw blocks, a block of rows at a time.
 llama.cpp's converter stores Qwen2's Q/K projections unpermuted, so no reordering is needed.
 """
 
@@ -65,6 +66,9 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
 
 
+RAW_ROWS_PER_BLOCK = 4096  # rows of a GGUF tensor's own bytes handed over at once to a layer kept at its bits
+
+
 @dataclass(frozen=True)
 class RowBlocks:
     """A 2-D weight handed over as float32 blocks of rows, each read and dequantized when its turn comes: a
@@ -78,6 +82,22 @@ class RowBlocks:
     def __iter__(self) -> Iterator[torch.Tensor]:
         for start in range(0, self.shape[0], self.rows_per_block):
             yield self.read(start, min(start + self.rows_per_block, self.shape[0]))
+
+
+@dataclass(frozen=True)
+class RawBlocks:
+    """A 2-D quantized tensor handed over as the file's own bytes, (first row, uint8 [rows, bytes per row]) blocks
+    each read when its turn comes: a layer that keeps the file's bits packs them block by block, so neither a
+    float copy nor a second copy of the whole tensor exists."""
+
+    shape: tuple[int, int]
+    qtype: GGMLQuantizationType
+    read: Callable[[int, int], torch.Tensor]  # rows [start, end) as raw bytes
+    rows_per_block: int = RAW_ROWS_PER_BLOCK
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.shape[0], self.rows_per_block):
+            yield start, self.read(start, min(start + self.rows_per_block, self.shape[0]))
 
 
 class GGUFFile:
@@ -150,23 +170,33 @@ class GGUFFile:
             out[first : first + step] = self._read_rows(info, first, min(first + step, rows))
         return out.reshape(info.shape)
 
-    def _read_rows(self, info: TensorInfo, start: int, end: int) -> torch.Tensor:
-        """Rows [start, end) of the tensor seen as (rows, last dimension), as float32, reading only their bytes."""
+    def _read_raw(self, info: TensorInfo, start: int, end: int) -> torch.Tensor:
+        """The bytes of rows [start, end) of the tensor seen as (rows, last dimension), read alone."""
         rows = math.prod(info.shape[:-1])
         row_bytes = info.n_bytes // rows  # one row of blocks per output row
         offset, count = info.offset + start * row_bytes, (end - start) * row_bytes
         raw = np.fromfile(self.path, dtype=np.uint8, count=count, offset=offset)
-        chunk = dequantize(raw.reshape(end - start, row_bytes), info.qtype)
+        return torch.from_numpy(raw.reshape(end - start, row_bytes))
+
+    def _read_rows(self, info: TensorInfo, start: int, end: int) -> torch.Tensor:
+        """Rows [start, end) of the tensor seen as (rows, last dimension), as float32, reading only their bytes."""
+        chunk = dequantize(self._read_raw(info, start, end).numpy(), info.qtype)
         return torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).reshape(end - start, info.shape[-1])
+
+    def tensor_types(self) -> dict[str, GGMLQuantizationType]:
+        """The stored type of each tensor, by HF name."""
+        return {name: info.qtype for info in self.tensor_infos if (name := hf_tensor_name(info.name)) is not None}
 
     def tensors(
         self,
         dtype: torch.dtype = torch.float32,
         dtypes: dict[str, torch.dtype] | None = None,
         row_blocks: Collection[str] = (),
-    ) -> Iterator[tuple[str, torch.Tensor | RowBlocks]]:
+        raw_blocks: Collection[str] = (),
+    ) -> Iterator[tuple[str, torch.Tensor | RowBlocks | RawBlocks]]:
         """(HF name, tensor in `dtype`, or in `dtypes[name]` where given) pairs, read and dequantized one at a time
-        in file order; the 2-D tensors named in `row_blocks` come as `RowBlocks` (for quantized layers)."""
+        in file order; the 2-D tensors named in `row_blocks` come as `RowBlocks` (for quantized layers), those in
+        `raw_blocks` as `RawBlocks` (for layers that keep the file's bits)."""
         for info in self.tensor_infos:
             name = hf_tensor_name(info.name)
             if name is None:
@@ -175,7 +205,9 @@ class GGUFFile:
                 raise UnsupportedModelError(
                     f"{self.path}: tensor {info.name!r} has type {info.qtype.name}, which qwq cannot read"
                 )
-            if name in row_blocks and len(info.shape) == 2:
+            if name in raw_blocks and len(info.shape) == 2:
+                yield name, RawBlocks(tuple(info.shape), info.qtype, partial(self._read_raw, info))
+            elif name in row_blocks and len(info.shape) == 2:
                 yield name, RowBlocks(tuple(info.shape), partial(self._read_rows, info))
             else:
                 yield name, self._read(info, (dtypes or {}).get(name, dtype))

@@ -2,7 +2,8 @@
 
 Every expected name must arrive exactly once with the expected shape; anything else is an error that
 names the checkpoint file and the tensor. Tensors are converted one at a time, so peak memory stays
-near the size of the final weights.
+near the size of the final weights. Layers that store their weight their own way (quantized, or a GGUF's own
+blocks) take it through `set_weight`, whole or a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from qwq.config import ModelConfig
 from qwq.errors import ModelLoadError
 from qwq.heap import return_freed_memory
 from qwq.model.qwen2 import Qwen2ForCausalLM
+from qwq.quant.gguf_linear import GGUFEmbedding, GGUFLinear, share_table
 from qwq.quant.linear import QuantizedLinear
 
 EMBEDDING = "model.embed_tokens.weight"
@@ -29,11 +31,17 @@ def build_empty(config: ModelConfig) -> Qwen2ForCausalLM:
         return Qwen2ForCausalLM(config).eval()
 
 
+def stores_weight(module: nn.Module) -> bool:
+    """Whether the layer holds its weight in a format of its own (quantized, or a GGUF's blocks), set through
+    `set_weight` rather than assigned as a parameter."""
+    return isinstance(module, QuantizedLinear | GGUFLinear | GGUFEmbedding)
+
+
 def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Checkpoint tensor names and shapes: parameters, plus the float weight each quantized layer takes."""
+    """Checkpoint tensor names and shapes: parameters, plus the weight's shape for each layer storing its own."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for name, module in model.named_modules():
-        if isinstance(module, QuantizedLinear):
+        if stores_weight(module):
             shapes[f"{name}.weight"] = (module.out_features, module.in_features)
     return shapes
 
@@ -47,8 +55,8 @@ def quantized_table_dtype(dtype: torch.dtype) -> torch.dtype:
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor, dtype: torch.dtype, device: torch.device) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
-    if isinstance(module, QuantizedLinear) and leaf == "weight":
-        # quantized from the checkpoint's own precision, whole or as it arrives in blocks of rows
+    if stores_weight(module) and leaf == "weight":
+        # quantized from the checkpoint's own precision, or kept as its blocks, whole or as it arrives in blocks of rows
         module.set_weight(tensor.to(device) if isinstance(tensor, torch.Tensor) else tensor)
     elif name == EMBEDDING and isinstance(model.lm_head, QuantizedLinear):
         table = tensor.to(device=device, dtype=quantized_table_dtype(dtype))
@@ -80,7 +88,8 @@ def load_weights(
     expected = expected_shapes(model)
     tied = model.config.tie_word_embeddings
     quantized_head = isinstance(model.lm_head, QuantizedLinear)
-    if tied and quantized_head:
+    gguf_head = isinstance(model.lm_head, GGUFLinear)
+    if tied and (quantized_head or gguf_head):
         expected.pop("lm_head.weight")  # fed from the embedding below
     loaded: set[str] = set()
     for name, tensor in tensors:
@@ -100,6 +109,8 @@ def load_weights(
         del tensor
         if tied and quantized_head and name == EMBEDDING:
             model.lm_head.set_weight(model.model.embed_tokens.weight)  # quantized 1024 rows at a time
+        if tied and gguf_head and name == EMBEDDING:
+            share_table(model.lm_head, model.model.embed_tokens)  # the same blocks, stored once
         return_freed_memory()
         loaded.add(name)
         if progress is not None:
@@ -108,7 +119,7 @@ def load_weights(
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ModelLoadError(f"{source}: missing tensors: {shown}")
-    if tied and not quantized_head:
+    if tied and not (quantized_head or gguf_head):
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset(device)
     return model
