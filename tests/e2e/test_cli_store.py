@@ -79,7 +79,9 @@ def test_corrupt_file_is_aassert_one_line_error(tmp_path):
 
 
 def test_memory_check_refuses_before_loading_and_hints_at_int4(gguf_path):
-    refused = _qwq("run", str(gguf_path), "hi", QWQ_MAX_MEMORY_GIB="2.5")
+    """Dequantized to float32 the 0.5B does not fit 2.5 GiB: refused before loading, with the hint; re-quantized
+    to int4 it fits and answers."""
+    refused = _qwq("run", str(gguf_path), "hi", "--dtype", "float32", QWQ_MAX_MEMORY_GIB="2.5")
     assert_one_line_error(refused, "only 2.5 GiB is available")
     assert "try --quant int4" in refused.stderr
     quantized = _qwq(
