@@ -22,7 +22,9 @@ def plain_server(gguf_path) -> str:
 @pytest.fixture(scope="package")
 def web_server(gguf_path) -> str:
     """The 0.5B read as QwQ-Preview (its reply is reasoning until a `**Final Answer**` heading), behind a bearer
-    key: the base URL."""
-    arguments = ("--ctx", str(WEB_CONTEXT), "--reasoning-format", "qwq-preview", "--api-key", WEB_KEY)
+    key: the base URL. Dequantized to float32: the page's tests ask for replies whose greedy text (a `**Final
+    Answer**` heading, LaTeX in the answer) was read off the float32 model's."""
+    arguments = ("--ctx", str(WEB_CONTEXT), "--dtype", "float32", "--reasoning-format", "qwq-preview")
+    arguments += ("--api-key", WEB_KEY)
     with live_server(MODEL, *arguments, home=gguf_path.parent.parent) as url:
         yield url
