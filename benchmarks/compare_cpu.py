@@ -84,6 +84,8 @@ def _run_qwq(args: argparse.Namespace, variant: str) -> dict:
         quant_group_size=args.group_size,
         context_length=args.prompt_tokens + args.new_tokens + 1,
     )
+    # one token a step, as llama.cpp decodes, unless --speculative keeps the engine's prompt-lookup drafting
+    model.engine(args.prompt_tokens + args.new_tokens + 1).speculative = args.speculative
     result = run_benchmark(model, args.prompt_tokens, args.new_tokens, args.repeats)
     tensors = {id(t): t for t in [*model.network.parameters(), *model.network.buffers()]}
     cache = model.engine().cache  # the engine owns the KV cache the benchmark ran with
@@ -182,6 +184,7 @@ def _run_config(args: argparse.Namespace, config: str, path: str, prompt_file: P
     command = [python, __file__, "--worker", config, "--path", path, "--prompt-file", str(prompt_file)]
     for flag in ("prompt_tokens", "new_tokens", "threads", "repeats", "group_size"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    command += ["--speculative"] if args.speculative else []
     before = read_bandwidth_gbs(args.threads)
     run = subprocess.run(command, capture_output=True, text=True)
     bandwidth = max(before, read_bandwidth_gbs(args.threads))
@@ -212,6 +215,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, in turn")
     parser.add_argument("--group-size", type=int, default=32, help="qwq int4 group size")
     parser.add_argument("--only", nargs="*", choices=CONFIGS, help="run only these configurations")
+    parser.add_argument(
+        "--speculative",
+        action="store_true",
+        help="qwq decodes with its prompt-lookup drafting (default: one token a step)",
+    )
     parser.add_argument("--llama-python", help="an interpreter with llama_cpp installed (default: this one)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
